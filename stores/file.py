@@ -1,0 +1,224 @@
+"""The durable single-host store: memory, plus a journal written before every reply.
+
+Files, for ``file:///var/lib/mini-ipam/state.json``::
+
+    state.json          snapshot: {"format": 1, "generation": G, "events": [...]}
+    state.json.G.log    journal: one JSON event per line, applied after snapshot G
+    state.json.lock     held (flock) while a process has the store open
+
+A change appends one line to the journal and ``fdatasync``s it before the store
+answers, so a reply always means the change is on disk, and a ``kill -9`` can at
+worst leave one unacknowledged, half-written last line, which start-up drops.
+Anything else that cannot be read stops start-up with ``CorruptState``: state is
+never reset silently.
+
+When the journal has grown past twice the live state, a new snapshot is written
+to a temporary file, synced and renamed over the old one, and the journal starts
+over as generation G+1. That keeps the cost of a change independent of the number
+of live claims (amortised), and the files small.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from stores import ConfigurationError, CorruptState, StoreError
+from stores.memory import Event, MemoryStore
+
+FORMAT = 1
+MIN_COMPACT_EVENTS = 1024
+
+
+class FileStore(MemoryStore):
+    """A MemoryStore whose every change is journalled to a file first."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._log_fd: int | None = None
+        self._lock_fd = self._take_lock()
+        self._log_size = 0
+        self._log_events = 0
+        self._live_events = 0
+        try:
+            self._generation = self._load()
+            self._open_log()
+        except BaseException:
+            self.close()
+            raise
+
+    @classmethod
+    def from_url(cls, url: str) -> FileStore:
+        """Open ``file:///absolute/path.json``."""
+        parts = urlsplit(url)
+        path = unquote(parts.path)
+        if parts.netloc not in ("", "localhost") or not path.startswith("/") or parts.query:
+            raise ConfigurationError(f"a file store URL is file:///absolute/path.json, not {url!r}")
+        return cls(path)
+
+    # -- start-up ---------------------------------------------------------
+
+    def _take_lock(self) -> int:
+        fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StoreError(f"{self.path} is in use by another mini-ipam process") from None
+        return fd
+
+    def _log_path(self, generation: int) -> Path:
+        return Path(f"{self.path}.{generation}.log")
+
+    def _load(self) -> int:
+        """Rebuild state from the snapshot and the journals after it; return the journal generation."""
+        generation = 0
+        if self.path.exists():
+            snapshot = self._read_snapshot()
+            generation = snapshot["generation"]
+            for event in snapshot["events"]:
+                self._replay(event, self.path)
+        self._live_events = sum(1 for _ in self._snapshot_events())
+        for stale in self.path.parent.glob(f"{self.path.name}.*.log"):
+            suffix = stale.name[len(self.path.name) + 1 : -len(".log")]
+            if suffix.isdigit() and int(suffix) < generation:
+                stale.unlink()
+        while self._log_path(generation + 1).exists():
+            # A compaction died after starting the next journal but before its snapshot landed.
+            self._replay_log(generation)
+            generation += 1
+        self._replay_log(generation)
+        return generation
+
+    def _read_snapshot(self) -> dict[str, Any]:
+        try:
+            snapshot = json.loads(self.path.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise CorruptState(f"cannot read state file {self.path}: {exc}") from exc
+        if (
+            not isinstance(snapshot, dict)
+            or snapshot.get("format") != FORMAT
+            or not isinstance(snapshot.get("generation"), int)
+            or not isinstance(snapshot.get("events"), list)
+        ):
+            raise CorruptState(f"state file {self.path} is not a mini-ipam state file (format {FORMAT})")
+        return snapshot
+
+    def _replay_log(self, generation: int) -> None:
+        path = self._log_path(generation)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise CorruptState(f"cannot read journal {path}: {exc}") from exc
+        complete, _, torn = data.rpartition(b"\n")
+        if torn:
+            # The last line was never finished, so it was never acknowledged: drop it.
+            with open(path, "r+b") as handle:
+                handle.truncate(len(complete) + 1 if complete else 0)
+                os.fsync(handle.fileno())
+        lines = complete.split(b"\n") if complete else []
+        for number, line in enumerate(lines, start=1):
+            try:
+                event = json.loads(line)
+            except ValueError as exc:
+                raise CorruptState(f"journal {path} line {number} is unreadable: {exc}") from exc
+            self._replay(event, path, number)
+            self._log_events += 1
+
+    def _replay(self, event: Any, source: Path, line: int | None = None) -> None:
+        try:
+            self._apply(event)
+        except (KeyError, TypeError, ValueError) as exc:
+            where = f"{source} line {line}" if line else str(source)
+            raise CorruptState(f"{where} does not fit the state before it: {exc!r}") from exc
+
+    def _open_log(self) -> None:
+        path = self._log_path(self._generation)
+        self._log_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._log_size = os.fstat(self._log_fd).st_size
+        _sync_directory(self.path.parent)
+
+    # -- changes ----------------------------------------------------------
+
+    def _commit(self, event: Event) -> None:
+        line = (json.dumps(event, separators=(",", ":")) + "\n").encode()
+        self._append(line)
+        self._apply(event)
+        self._log_events += 1
+        self._live_events += _live_delta(event)
+        if self._log_events > max(MIN_COMPACT_EVENTS, 2 * self._live_events):
+            self._compact()
+
+    def _append(self, line: bytes) -> None:
+        if self._log_fd is None:
+            raise StoreError(f"state file {self.path} is closed")
+        try:
+            written = os.write(self._log_fd, line)
+            if written != len(line):
+                raise OSError(f"short write ({written} of {len(line)} bytes)")
+            os.fdatasync(self._log_fd)
+        except OSError as exc:
+            # Cut off whatever part of the line reached the file, so the journal stays whole.
+            try:
+                os.ftruncate(self._log_fd, self._log_size)
+            except OSError:
+                pass
+            raise StoreError(f"cannot write journal of {self.path}: {exc.strerror or exc}") from exc
+        self._log_size += len(line)
+
+    def _compact(self) -> None:
+        """Write a snapshot of the live state and start the next journal generation."""
+        generation = self._generation + 1
+        events = list(self._snapshot_events())
+        body = json.dumps({"format": FORMAT, "generation": generation, "events": events}, separators=(",", ":"))
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        try:
+            with open(temporary, "wb") as handle:
+                handle.write(body.encode())
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, self.path)
+            _sync_directory(self.path.parent)
+        except OSError:
+            # The old snapshot and journal are intact; compaction is retried after later changes.
+            self._log_events = 0
+            return
+        if self._log_fd is not None:
+            os.close(self._log_fd)
+        self._log_path(self._generation).unlink(missing_ok=True)
+        self._generation = generation
+        self._log_events = 0
+        self._live_events = len(events)
+        self._open_log()
+
+    def close(self) -> None:
+        """Close the journal and release the lock on the state file."""
+        with self._lock:
+            if self._log_fd is not None:
+                os.close(self._log_fd)
+                self._log_fd = None
+            if self._lock_fd >= 0:
+                os.close(self._lock_fd)
+                self._lock_fd = -1
+
+
+def _live_delta(event: Event) -> int:
+    """Roughly how many snapshot events a change adds (+1) or removes (-1)."""
+    return {"open": 1, "claim": 1, "set": 1, "release": -1, "close": -1}.get(event["op"], 0)
+
+
+def _sync_directory(directory: Path) -> None:
+    """Make a create or rename in ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,129 @@
+"""The file store's own promises: a journal before every reply, torn tails, corruption, compaction."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from pathlib import Path
+
+import pytest
+
+from stores import AnySubnet, ConfigurationError, CorruptState, ExactSubnet, Granted, StoreError, from_url
+from stores.file import MIN_COMPACT_EVENTS, FileStore
+
+net = ipaddress.ip_network
+ip = ipaddress.ip_address
+PARENT = (net("10.0.0.0/16"),)
+
+
+def open_dynamic(store: FileStore, size: int = 28) -> ipaddress.IPv4Network:
+    result = store.open_pool(AnySubnet(PARENT, size), scope="s", label="local", owner="a")
+    assert isinstance(result, Granted)
+    subnet = result.pool.subnet
+    assert isinstance(subnet, ipaddress.IPv4Network)
+    return subnet
+
+
+def test_every_change_is_on_disk_before_the_call_returns(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "state.json")
+    subnet = open_dynamic(store)
+    store.claim_address(subnet, "s", ip("10.0.0.1"))
+    lines = (tmp_path / "state.json.0.log").read_text().splitlines()
+    assert [json.loads(line)["op"] for line in lines] == ["open", "claim"]
+    store.close()
+
+
+def test_a_torn_last_line_is_dropped(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "state.json")
+    subnet = open_dynamic(store)
+    store.close()
+    log = tmp_path / "state.json.0.log"
+    with log.open("ab") as handle:
+        handle.write(b'{"op":"claim","subnet":"10.0.0.0/28","sc')  # a write cut short by a crash
+    reopened = FileStore(tmp_path / "state.json")
+    assert reopened.addresses(subnet, "s") == []
+    assert log.read_bytes().endswith(b"\n")
+    assert reopened.claim_address(subnet, "s", ip("10.0.0.3"))
+    reopened.close()
+    assert FileStore(tmp_path / "state.json").addresses(subnet, "s") == [ip("10.0.0.3")]
+
+
+def test_a_corrupt_middle_line_stops_start_up(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "state.json")
+    open_dynamic(store)
+    open_dynamic(store)
+    store.close()
+    log = tmp_path / "state.json.0.log"
+    lines = log.read_bytes().split(b"\n")
+    lines[0] = b"garbage"
+    log.write_bytes(b"\n".join(lines))
+    with pytest.raises(CorruptState, match=r"state.json.0.log line 1"):
+        FileStore(tmp_path / "state.json")
+
+
+def test_an_event_that_contradicts_the_state_stops_start_up(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "state.json")
+    open_dynamic(store)
+    store.close()
+    log = tmp_path / "state.json.0.log"
+    log.write_bytes(log.read_bytes() * 2)  # the same block opened twice
+    with pytest.raises(CorruptState, match="line 2"):
+        FileStore(tmp_path / "state.json")
+
+
+@pytest.mark.parametrize("content", [b"", b"{not json", b'{"format": 99, "generation": 0, "events": []}', b"[]"])
+def test_an_unreadable_snapshot_stops_start_up(tmp_path: Path, content: bytes) -> None:
+    (tmp_path / "state.json").write_bytes(content)
+    with pytest.raises(CorruptState, match="state.json"):
+        FileStore(tmp_path / "state.json")
+
+
+def test_two_processes_cannot_share_one_file(tmp_path: Path) -> None:
+    first = FileStore(tmp_path / "state.json")
+    with pytest.raises(StoreError, match="in use"):
+        FileStore(tmp_path / "state.json")
+    first.close()
+    FileStore(tmp_path / "state.json").close()
+
+
+def test_compaction_keeps_the_journal_short_and_the_state_whole(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "state.json")
+    kept = [open_dynamic(store) for _ in range(10)]
+    for _ in range(MIN_COMPACT_EVENTS):  # churn: open and close the same subnet again and again
+        churn = open_dynamic(store)
+        store.close_pool(churn, "s")
+    store.claim_address(kept[3], "s", ip(kept[3][5]))
+    store.close()
+    snapshot = json.loads((tmp_path / "state.json").read_text())
+    assert snapshot["generation"] >= 1
+    logs = sorted(tmp_path.glob("state.json.*.log"))
+    assert [p.name for p in logs] == [f"state.json.{snapshot['generation']}.log"]
+    assert len(logs[0].read_text().splitlines()) < MIN_COMPACT_EVENTS
+    reopened = FileStore(tmp_path / "state.json")
+    assert sorted(b.subnet for b in reopened.blocks()) == kept
+    assert reopened.addresses(kept[3], "s") == [ip(kept[3][5])]
+
+
+def test_a_compaction_interrupted_before_its_snapshot_landed_is_recovered(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "state.json")
+    first = open_dynamic(store)
+    store.close()
+    # As if the next journal had been started but the snapshot never renamed into place.
+    (tmp_path / "state.json.1.log").write_text(
+        json.dumps({"op": "claim", "subnet": str(first), "scope": "s", "address": "10.0.0.2"}) + "\n"
+    )
+    reopened = FileStore(tmp_path / "state.json")
+    assert reopened.addresses(first, "s") == [ip("10.0.0.2")]
+    assert reopened.claim_address(first, "s", ip("10.0.0.3"))
+    reopened.close()
+    assert FileStore(tmp_path / "state.json").addresses(first, "s") == [ip("10.0.0.2"), ip("10.0.0.3")]
+
+
+def test_from_url(tmp_path: Path) -> None:
+    store = from_url(f"file://{tmp_path}/sub/dir/state.json")
+    assert isinstance(store, FileStore)
+    assert store.open_pool(ExactSubnet(net("10.1.0.0/24")), scope="s", label="l", owner="a")
+    store.close()
+    for bad in ["file://relative/path.json", "file:///x.json?mode=1"]:
+        with pytest.raises(ConfigurationError):
+            from_url(bad)
