@@ -263,7 +263,12 @@ class MemoryStore:
                 }
                 spec = None
                 for address in sorted(pool.addresses):
-                    yield {"op": "claim", "subnet": str(subnet), "scope": scope, "address": str(ipaddress.ip_address(address))}
+                    yield {
+                        "op": "claim",
+                        "subnet": str(subnet),
+                        "scope": scope,
+                        "address": str(ipaddress.ip_address(address)),
+                    }
 
 
 def _network(version: int, plen: int, net: int) -> Network:

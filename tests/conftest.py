@@ -59,7 +59,6 @@ def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ca
             return FileStore(path)
     elif kind == "fakeredis":
         import fakeredis
-
         from stores.redis import RedisStore
 
         server = fakeredis.FakeServer()

@@ -19,9 +19,7 @@ def open_exact(store: Store, cidr: str, scope: str = "s", label: str = "local", 
 
 
 def open_any(store: Store, parents: list[str], size: int, scope: str = "s"):
-    return store.open_pool(
-        AnySubnet(tuple(net(p) for p in parents), size), scope=scope, label="local", owner="host-a"
-    )
+    return store.open_pool(AnySubnet(tuple(net(p) for p in parents), size), scope=scope, label="local", owner="host-a")
 
 
 def granted_subnet(result) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
@@ -267,9 +265,7 @@ def test_racers_for_one_slash_28_get_exactly_13_distinct_addresses(store_factory
     subnet = net("10.7.0.0/28")
     open_exact(setup, str(subnet))
     assert setup.claim_address(subnet, "s", ip("10.7.0.1"))  # the gateway
-    results = race(
-        store_factory, lambda s: s.claim_next_address(subnet, "s", ip("10.7.0.1"), ip("10.7.0.14"), False)
-    )
+    results = race(store_factory, lambda s: s.claim_next_address(subnet, "s", ip("10.7.0.1"), ip("10.7.0.14"), False))
     won = [r for r in results if r is not None]
     assert len(won) == 13
     assert len(set(won)) == 13

@@ -1,0 +1,5 @@
+import sys
+
+from mini_ipam.cli import main
+
+sys.exit(main())

@@ -1,0 +1,263 @@
+"""Carving subnets out of parent ranges and picking addresses inside them.
+
+The Allocator turns IPAM requests (already decoded from the wire) into Store
+operations, and owns every rule about them:
+
+* sizes: a dynamic request gets an aligned subnet of exactly the asked prefix
+  length from the first parent with room; IPv4 sizes stop at /30 and IPv6 at /126;
+* explicit subnets are claimed exactly, inside the parents or not;
+* address spaces: ``local`` is strict, like Docker's own IPAM, except that a
+  ``local`` request for exactly a subnet held in ``global`` is that swarm network's
+  node-local copy; ``global`` belongs to the swarm allocator, whose exact
+  re-requests (it replays everything when it starts) get the existing pool back;
+* addresses: never the IPv4 network or broadcast address (nor the IPv6
+  subnet-router anycast address), never outside the pool, lowest free first or
+  round-robin when asked.
+
+Every claim and release is one atomic Store operation, so concurrent requests,
+from one process or many hosts, can never hand out the same thing twice.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import stores
+from mini_ipam.errors import AddressNotFound, Conflict, Exhausted, InvalidRequest, PoolNotFound, StoreFailed
+from mini_ipam.pool_id import PoolId
+from stores import Address, AnySubnet, Block, ExactSubnet, Granted, Network, Overlap, Store
+
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+SMALLEST = {4: 30, 6: 126}
+"""The longest prefix a pool may have: a /30 still leaves two usable IPv4 hosts."""
+
+GLOBAL = "global"
+LOCAL = "local"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the allocator carves from, and who it claims for."""
+
+    parents4: tuple[ipaddress.IPv4Network, ...] = (ipaddress.IPv4Network("172.16.0.0/16"),)
+    parents6: tuple[ipaddress.IPv6Network, ...] = ()
+    default_size4: int = 28
+    default_size6: int = 64
+    host_id: str = "localhost"
+
+
+@dataclass(frozen=True)
+class PoolRequest:
+    """A decoded RequestPool: an explicit ``subnet``, or a dynamic ``size`` (None: the default)."""
+
+    space: str
+    v6: bool = False
+    subnet: Network | None = None
+    ip_range: Network | None = None
+    size: int | None = None
+
+
+@dataclass(frozen=True)
+class AllocatedPool:
+    """The answer to a RequestPool."""
+
+    pool_id: PoolId
+    subnet: Network
+
+
+def random_ula() -> ipaddress.IPv6Network:
+    """A random unique-local /48 (RFC 4193): fd00::/8 plus a 40-bit random global ID."""
+    global_id = secrets.randbits(40)
+    return ipaddress.IPv6Network(((0xFD << 120) | (global_id << 80), 48))
+
+
+class Allocator:
+    """Subnets and addresses for Docker networks, kept in a Store."""
+
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+        self._parents6 = settings.parents6
+
+    @property
+    def parents6(self) -> tuple[ipaddress.IPv6Network, ...]:
+        """The IPv6 parents: configured ones, or a random ULA /48 kept in the store for good."""
+        if not self._parents6:
+            with _store_errors():
+                stored = self.store.setting("pool6", str(random_ula()))
+            self._parents6 = (ipaddress.IPv6Network(stored),)
+        return self._parents6
+
+    # -- pools ------------------------------------------------------------
+
+    def request_pool(self, request: PoolRequest) -> AllocatedPool:
+        """Claim a subnet for a network. See the module docstring for the rules."""
+        if request.space not in (LOCAL, GLOBAL):
+            raise InvalidRequest(f"unknown address space {request.space!r}: use {LOCAL!r} or {GLOBAL!r}")
+        version = 6 if request.v6 else 4
+        if request.subnet is None:
+            return self._request_dynamic(request, version)
+        return self._request_exact(request, request.subnet, version)
+
+    def _request_dynamic(self, request: PoolRequest, version: int) -> AllocatedPool:
+        if request.ip_range is not None:
+            raise InvalidRequest("an ip-range needs an explicit subnet (--subnet) that contains it")
+        parents: Sequence[Network] = self.settings.parents4 if version == 4 else self.parents6
+        default = self.settings.default_size4 if version == 4 else self.settings.default_size6
+        size = default if request.size is None else request.size
+        widest = min(parent.prefixlen for parent in parents)
+        if not widest <= size <= SMALLEST[version]:
+            raise InvalidRequest(
+                f"size /{size} is not possible: IPv{version} sizes range from /{widest} to /{SMALLEST[version]} "
+                f"(parents: {_names(parents)})"
+            )
+        with _store_errors():
+            result = self.store.open_pool(
+                AnySubnet(tuple(parents), size),
+                scope=self._scope(request.space),
+                label=request.space,
+                owner=self.settings.host_id,
+            )
+        if not isinstance(result, Granted):
+            raise Exhausted(f"no free /{size} left in {_names(parents)}")
+        subnet = result.pool.subnet
+        return AllocatedPool(PoolId(request.space, subnet), subnet)
+
+    def _request_exact(self, request: PoolRequest, subnet: Network, version: int) -> AllocatedPool:
+        if subnet.version != version:
+            raise InvalidRequest(f"subnet {subnet} is not an IPv{version} subnet")
+        if subnet.prefixlen > SMALLEST[version]:
+            raise InvalidRequest(f"subnet {subnet} is too small: IPv{version} subnets go down to /{SMALLEST[version]}")
+        if request.size is not None and request.size != subnet.prefixlen:
+            raise InvalidRequest(f"size /{request.size} contradicts the requested subnet {subnet}")
+        ip_range = request.ip_range
+        if ip_range is not None and (ip_range.version != version or not ip_range.subnet_of(subnet)):  # type: ignore[arg-type]
+            raise InvalidRequest(f"ip-range {ip_range} is not inside subnet {subnet}")
+        label = _label(request.space, ip_range)
+        with _store_errors():
+            result = self.store.open_pool(
+                ExactSubnet(subnet),
+                scope=self._scope(request.space),
+                label=label,
+                owner=self.settings.host_id,
+                share_label=_label(GLOBAL, ip_range),
+            )
+        if isinstance(result, Overlap):
+            raise Conflict(f"subnet {subnet} overlaps {_describe(result.holder)}")
+        assert isinstance(result, Granted)
+        return AllocatedPool(PoolId(request.space, subnet, ip_range), subnet)
+
+    def release_pool(self, pool_id: PoolId) -> None:
+        """Release a pool and every address in it."""
+        with _store_errors():
+            closed = self.store.close_pool(pool_id.subnet, self._scope(pool_id.space))
+        if closed is None:
+            raise PoolNotFound(f"pool {pool_id} is not held by {self.settings.host_id}")
+
+    # -- addresses --------------------------------------------------------
+
+    def request_address(
+        self, pool_id: PoolId, address: Address | None = None, *, gateway: bool = False, serial: bool = False
+    ) -> IPInterface:
+        """Claim ``address``, or the gateway's address, or the lowest (or next serial) free one."""
+        subnet = pool_id.subnet
+        scope = self._scope(pool_id.space)
+        if address is not None:
+            self._check_address(subnet, address)
+            with _store_errors(), _pool_known(pool_id):
+                if not self.store.claim_address(subnet, scope, address) and not self._accepts_repeats(pool_id):
+                    raise Conflict(f"address {address} is already in use in pool {pool_id}")
+            return _interface(address, subnet)
+        first, last = _usable_range(subnet, pool_id.ip_range)
+        with _store_errors(), _pool_known(pool_id):
+            if gateway and self.store.claim_address(subnet, scope, first):
+                return _interface(first, subnet)
+            found = self.store.claim_next_address(subnet, scope, first, last, serial)
+        if found is None:
+            raise Exhausted(f"no free address left in pool {pool_id} ({first} to {last})")
+        return _interface(found, subnet)
+
+    def _accepts_repeats(self, pool_id: PoolId) -> bool:
+        """Whether an explicit address already held may be granted again.
+
+        Global pools belong to the swarm allocator, which re-sends every address it
+        made unique when it starts; node-local copies of them get the same replays.
+        """
+        if pool_id.space == GLOBAL:
+            return True
+        pool = self.store.pool(pool_id.subnet, self._scope(pool_id.space))
+        return pool is not None and pool.block.label == _label(GLOBAL, pool_id.ip_range)
+
+    def release_address(self, pool_id: PoolId, address: Address) -> None:
+        """Release an address of a pool."""
+        self._check_address(pool_id.subnet, address)
+        with _store_errors(), _pool_known(pool_id):
+            released = self.store.release_address(pool_id.subnet, self._scope(pool_id.space), address)
+        if not released:
+            raise AddressNotFound(f"address {address} is not allocated in pool {pool_id}")
+
+    # -- helpers ----------------------------------------------------------
+
+    def _scope(self, space: str) -> str:
+        """The store scope of a pool: one shared global pool, one local pool per host."""
+        return GLOBAL if space == GLOBAL else f"{LOCAL}@{self.settings.host_id}"
+
+    @staticmethod
+    def _check_address(subnet: Network, address: Address) -> None:
+        if address.version != subnet.version or address not in subnet:
+            raise InvalidRequest(f"address {address} is not inside pool subnet {subnet}")
+        first, last = _usable_range(subnet, None)
+        if not int(first) <= int(address) <= int(last):
+            raise InvalidRequest(f"address {address} is reserved in {subnet} (network or broadcast address)")
+
+
+def _usable_range(subnet: Network, ip_range: Network | None) -> tuple[Address, Address]:
+    """First and last address that may be handed out, inside ``ip_range`` when given."""
+    first: Address = subnet.network_address + 1
+    last: Address = subnet.broadcast_address - 1 if subnet.version == 4 else subnet.broadcast_address
+    if ip_range is not None:
+        first = max(first, ip_range.network_address)
+        last = min(last, ip_range.broadcast_address)
+    return first, last
+
+
+def _interface(address: Address, subnet: Network) -> IPInterface:
+    return ipaddress.ip_interface(f"{address}/{subnet.prefixlen}")
+
+
+def _label(space: str, ip_range: Network | None) -> str:
+    """The block label: the address space, and the ip-range that is part of the pool's identity."""
+    return space if ip_range is None else f"{space} {ip_range}"
+
+
+def _names(parents: Sequence[Network]) -> str:
+    return ", ".join(str(parent) for parent in parents)
+
+
+def _describe(holder: Block) -> str:
+    since = datetime.fromtimestamp(holder.since, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    space = holder.label.split(" ", 1)[0]
+    return f"{holder.subnet}, held in address space {space} by host {holder.owner} since {since}"
+
+
+@contextmanager
+def _store_errors() -> Iterator[None]:
+    """Turn a store failure into a clear, retryable refusal."""
+    try:
+        yield
+    except stores.StoreError as exc:
+        raise StoreFailed(f"the address store failed, nothing was changed: {exc}") from exc
+
+
+@contextmanager
+def _pool_known(pool_id: PoolId) -> Iterator[None]:
+    try:
+        yield
+    except stores.UnknownPool:
+        raise PoolNotFound(f"pool {pool_id} is not known here") from None

@@ -1,0 +1,110 @@
+"""The Flask app: HTTP routes of the plugin protocol, and the one error handler.
+
+The engine posts every call with no Content-Type and, for calls without
+arguments, an empty body, so bodies are parsed by hand. Every reply is a JSON
+object; every refusal is a non-200 status with ``{"Err": message}``. Nothing may
+escape as a dropped connection: the engine would retry the call, body-less, for
+half a minute.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from flask import Flask, Response, g, request
+from werkzeug.exceptions import HTTPException
+
+from mini_ipam.driver import Driver, Json
+from mini_ipam.errors import InvalidRequest, IpamError
+
+CONTENT_TYPE = "application/vnd.docker.plugins.v1.1+json"
+MAX_BODY = 64 * 1024
+"""Larger requests are refused: real ones are a few hundred bytes."""
+
+log = logging.getLogger("mini_ipam.requests")
+
+
+def create_app(driver: Driver) -> Flask:
+    """The WSGI app for ``driver``; no module-level state, so tests can build many."""
+    app = Flask("mini_ipam")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    methods: dict[str, Callable[[Json], Json]] = {
+        "GetCapabilities": driver.get_capabilities,
+        "GetDefaultAddressSpaces": driver.get_default_address_spaces,
+        "RequestPool": driver.request_pool,
+        "ReleasePool": driver.release_pool,
+        "RequestAddress": driver.request_address,
+        "ReleaseAddress": driver.release_address,
+    }
+
+    @app.post("/Plugin.Activate")
+    def activate() -> Response:
+        return reply({"Implements": ["IpamDriver"]})
+
+    @app.post("/IpamDriver.<method>")
+    def ipam(method: str) -> Response:
+        handler = methods.get(method)
+        if handler is None:
+            return reply({"Err": f"unknown method IpamDriver.{method}"}, 404)
+        g.ipam_method = method
+        body = parse_body(request.get_data(cache=False))
+        g.ipam_pool = body.get("PoolID") or body.get("Pool") or ""
+        result = handler(body)
+        g.ipam_pool = result.get("PoolID", g.ipam_pool)
+        return reply(result)
+
+    @app.errorhandler(IpamError)
+    def refused(error: IpamError) -> Response:
+        return reply({"Err": str(error)}, error.status)
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> Response:
+        return reply({"Err": f"{error.name}: {error.description}"}, error.code or 500)
+
+    @app.errorhandler(Exception)
+    def crashed(error: Exception) -> Response:
+        log.exception("unexpected error in %s", request.path)
+        return reply({"Err": f"internal error in mini-ipam ({type(error).__name__}); see the driver's log"}, 500)
+
+    @app.before_request
+    def start_clock() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def log_request(response: Response) -> Response:
+        method = getattr(g, "ipam_method", request.path.lstrip("/"))
+        duration = (time.perf_counter() - getattr(g, "started", time.perf_counter())) * 1000
+        outcome = "ok" if response.status_code == 200 else f"{response.status_code} {_error_of(response)}"
+        log.info("%s pool=%s %s %.1fms", method, getattr(g, "ipam_pool", "") or "-", outcome, duration)
+        return response
+
+    return app
+
+
+def parse_body(data: bytes) -> Json:
+    """The request's JSON object; an empty body is an empty object."""
+    if not data.strip():
+        return {}
+    try:
+        body = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest(f"request body must be a JSON object, not {type(body).__name__}")
+    return body
+
+
+def reply(payload: dict[str, Any], status: int = 200) -> Response:
+    """A JSON reply with the plugin protocol's content type."""
+    return Response(json.dumps(payload), status=status, content_type=CONTENT_TYPE)
+
+
+def _error_of(response: Response) -> str:
+    try:
+        return str(json.loads(response.get_data()).get("Err", ""))
+    except ValueError:
+        return ""

@@ -1,0 +1,101 @@
+"""Serving the app with waitress on the plugin's Unix socket.
+
+The socket directory is created, a stale socket from a crashed run is replaced,
+anything else at the path (a file, a symlink, a live driver's socket) is refused.
+SIGTERM and SIGINT stop the server and remove the socket.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import socket
+import stat
+from pathlib import Path
+from types import FrameType
+
+from flask import Flask
+from waitress.server import create_server
+
+log = logging.getLogger("mini_ipam.server")
+
+
+class SocketInUse(RuntimeError):
+    """The socket path is taken by something that must not be replaced."""
+
+
+class _Stop(BaseException):
+    """Raised from a signal handler to leave waitress's loop."""
+
+
+def prepare_socket_path(path: Path) -> None:
+    """Make ``path`` ready to bind: create its directory, remove a stale socket, refuse the rest."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(info.st_mode):
+        raise SocketInUse(f"{path} is a symbolic link; refusing to replace it")
+    if not stat.S_ISSOCK(info.st_mode):
+        raise SocketInUse(f"{path} exists and is not a socket; refusing to replace it")
+    if _socket_answers(path):
+        raise SocketInUse(f"{path} is in use by a running process (another driver?)")
+    log.info("removing stale socket %s", path)
+    path.unlink()
+
+
+def _socket_answers(path: Path) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(str(path))
+    except OSError as exc:
+        if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
+            return False
+        raise SocketInUse(f"cannot tell whether {path} is in use: {exc.strerror}") from None
+    finally:
+        probe.close()
+    return True
+
+
+def serve(app: Flask, path: Path, *, threads: int = 8, mode: int = 0o660) -> None:
+    """Serve ``app`` on the Unix socket ``path`` until SIGTERM or SIGINT."""
+    prepare_socket_path(path)
+    # The socket is created by bind() and chmod-ed after; the umask closes that window.
+    umask = os.umask(0o777 & ~mode)
+    try:
+        server = create_server(
+            app,
+            unix_socket=str(path),
+            unix_socket_perms=f"{mode:o}",
+            threads=threads,
+            ident="mini-ipam",
+            clear_untrusted_proxy_headers=True,
+            channel_timeout=30,
+        )
+    finally:
+        os.umask(umask)
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise _Stop(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    log.info("listening on %s", path)
+    try:
+        server.run()
+    except _Stop as stopped:
+        log.info("stopping on %s", signal.Signals(stopped.args[0]).name)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        server.close()
+        try:
+            if stat.S_ISSOCK(path.lstat().st_mode):
+                path.unlink()
+        except FileNotFoundError:
+            pass
+        # Let threads finish replies already being written before the store is closed.
+        server.task_dispatcher.shutdown(timeout=5)
