@@ -26,8 +26,12 @@ class SocketInUse(RuntimeError):
     """The socket path is taken by something that must not be replaced."""
 
 
-class _Stop(BaseException):
-    """Raised from a signal handler to leave waitress's loop."""
+class _Stop(SystemExit):
+    """Raised from a signal handler to leave waitress's loop.
+
+    A SystemExit, because waitress's event loop swallows every other exception
+    raised while it dispatches a socket event, and the signal may land right there.
+    """
 
 
 def prepare_socket_path(path: Path) -> None:
@@ -79,18 +83,23 @@ def serve(app: Flask, path: Path, *, threads: int = 8, mode: int = 0o660) -> Non
     finally:
         os.umask(umask)
 
+    received: list[int] = []
+
     def stop(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
         raise _Stop(signum)
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     log.info("listening on %s", path)
     try:
-        server.run()
-    except _Stop as stopped:
-        log.info("stopping on %s", signal.Signals(stopped.args[0]).name)
+        server.run()  # returns once a signal's SystemExit reached it
+    except _Stop:
+        pass  # the signal landed outside waitress's own handler
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if received:
+            log.info("stopping on %s", signal.Signals(received[0]).name)
         server.close()
         try:
             if stat.S_ISSOCK(path.lstat().st_mode):

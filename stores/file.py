@@ -62,6 +62,11 @@ class FileStore(MemoryStore):
             raise ConfigurationError(f"a file store URL is file:///absolute/path.json, not {url!r}")
         return cls(path)
 
+    @property
+    def is_open(self) -> bool:
+        """False once ``close()`` was called."""
+        return self._log_fd is not None
+
     # -- start-up ---------------------------------------------------------
 
     def _take_lock(self) -> int:

@@ -54,11 +54,16 @@ def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ca
         from stores.file import FileStore
 
         path = tmp_path / "state.json"
+        handles: list[FileStore] = []
 
         def build() -> Store:
-            return FileStore(path)
+            # One process owns a state file: share the open handle, reopen once it was closed.
+            if not handles or not handles[-1].is_open:
+                handles.append(FileStore(path))
+            return handles[-1]
     elif kind == "fakeredis":
         import fakeredis
+
         from stores.redis import RedisStore
 
         server = fakeredis.FakeServer()

@@ -259,7 +259,6 @@ def race(store_factory: Callable[[], Store], work: Callable[[Store], object]) ->
     return results
 
 
-@pytest.mark.store_kinds("memory", "fakeredis", "redis")
 def test_racers_for_one_slash_28_get_exactly_13_distinct_addresses(store_factory: Callable[[], Store]) -> None:
     setup = store_factory()
     subnet = net("10.7.0.0/28")
@@ -272,7 +271,6 @@ def test_racers_for_one_slash_28_get_exactly_13_distinct_addresses(store_factory
     assert sorted(setup.addresses(subnet, "s")) == [ip(f"10.7.0.{i}") for i in range(1, 15)]
 
 
-@pytest.mark.store_kinds("memory", "fakeredis", "redis")
 def test_racers_for_overlapping_subnets_of_different_sizes_one_wins(store_factory: Callable[[], Store]) -> None:
     sizes = [24 + (i % 6) for i in range(RACERS)]  # /24 .. /29, all starting at 10.8.0.0
 
@@ -285,7 +283,6 @@ def test_racers_for_overlapping_subnets_of_different_sizes_one_wins(store_factor
     assert len(store_factory().blocks()) == 1
 
 
-@pytest.mark.store_kinds("memory", "fakeredis", "redis")
 def test_racers_for_dynamic_subnets_never_collide(store_factory: Callable[[], Store]) -> None:
     results = race(store_factory, lambda s: open_any(s, ["10.9.0.0/22"], 28))
     subnets = [granted_subnet(r) for r in results]
