@@ -160,6 +160,7 @@ def serve(args: argparse.Namespace) -> int:
     from mini_ipam.allocator import Allocator, Settings
     from mini_ipam.app import create_app
     from mini_ipam.driver import Driver
+    from mini_ipam.errors import IpamError
     from mini_ipam.server import SocketInUse
     from mini_ipam.server import serve as run_server
 
@@ -182,7 +183,13 @@ def serve(args: argparse.Namespace) -> int:
         default_size6=args.default_size6,
         host_id=args.host_id,
     )
-    app = create_app(Driver(Allocator(store, settings)))
+    allocator = Allocator(store, settings)
+    try:
+        log.info("IPv6 parents: %s", ", ".join(map(str, allocator.parents6)))
+    except IpamError as exc:
+        # An unreachable store must not keep the socket from opening: the engine may be booting.
+        log.warning("IPv6 parents not known yet: %s", exc)
+    app = create_app(Driver(allocator))
     log.info(
         "mini-ipam %s: store %s, parents %s, host id %s",
         __version__,
