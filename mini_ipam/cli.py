@@ -10,10 +10,13 @@ import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import stores
 from mini_ipam import __version__
+
+if TYPE_CHECKING:
+    from stores.presence import HostPresence
 
 DEFAULT_SOCKET = "/run/docker/plugins/mini.sock"
 DEFAULT_STORE = "file:///var/lib/mini-ipam/state.json"
@@ -145,6 +148,14 @@ def build_parser() -> argparse.ArgumentParser:
         float,
         metavar="SECONDS",
     )
+    add(
+        "host-ttl",
+        30.0,
+        "on a shared store, seconds after which a silent driver's heartbeat lapses; two live drivers with one "
+        "host id are reported within about this time (default: %(default)s)",
+        float,
+        metavar="SECONDS",
+    )
     add("threads", 8, "request threads (default: %(default)s)", int, metavar="N")
     add(
         "log-level",
@@ -197,14 +208,30 @@ def serve(args: argparse.Namespace) -> int:
         ", ".join(map(str, parents4)),
         args.host_id,
     )
+    presence = _watch_for_twins(store, args.host_id, args.host_ttl)
     try:
         run_server(app, Path(args.socket), threads=args.threads)
     except (SocketInUse, OSError) as exc:
         log.error("cannot serve on %s: %s", args.socket, exc)
         return 1
     finally:
+        if presence is not None:
+            presence.stop()
         store.close()
     return 0
+
+
+def _watch_for_twins(store: stores.Store, host_id: str, ttl: float) -> HostPresence | None:
+    """On a shared store, keep a heartbeat so two live drivers with one host id are noticed."""
+    from stores.redis import RedisStore
+
+    if not isinstance(store, RedisStore):
+        return None
+    from stores.presence import HostPresence
+
+    presence = HostPresence(store.client, store.prefix, host_id, ttl=ttl)
+    presence.start()
+    return presence
 
 
 def main(argv: Sequence[str] | None = None) -> int:

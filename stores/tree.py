@@ -82,7 +82,7 @@ class BlockTree:
 
         Returns its network, or None when there is none. Claims nothing.
         """
-        if plen < within_len or self._claimed_ancestor(within_net, within_len) is not None:
+        if not within_len <= plen <= self.bits or self._claimed_ancestor(within_net, within_len) is not None:
             return None
         return self._first_free(within_len, within_net, plen, start)
 

@@ -10,9 +10,14 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    import redis
 
 
 def require_binary(name: str) -> str:
@@ -26,7 +31,7 @@ def require_binary(name: str) -> str:
     return path
 
 
-def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition") -> None:
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, what: str = "condition") -> None:
     """Poll ``predicate`` until it returns truthy; fail the test after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -80,7 +85,7 @@ class RedisServer:
         except (redis.RedisError, OSError):
             return False
 
-    def client(self):  # -> redis.Redis
+    def client(self) -> redis.Redis:
         import redis
 
         return redis.Redis(unix_socket_path=str(self.socket), socket_timeout=5)
