@@ -227,9 +227,7 @@ class RedisStore:
     ) -> Address | None:
         bounds = _clamp(subnet, first, last)
         low, high = bounds if bounds is not None else ("-", "-")
-        reply = self._call(
-            "claim_next", subnet.version, _bits(subnet), scope, low, high, int(serial), _address_json()
-        )
+        reply = self._call("claim_next", subnet.version, _bits(subnet), scope, low, high, int(serial), _address_json())
         if _known(reply, subnet, scope) != "claimed":
             return None
         return _address(subnet, reply[1])
@@ -371,9 +369,7 @@ class RedisStore:
 
 def _check_prefix(prefix: str) -> None:
     if not _PREFIX_RE.fullmatch(prefix):
-        raise ConfigurationError(
-            f"key prefix {prefix!r} is not usable: use 1 to 64 letters, digits, '.', '_' or '-'"
-        )
+        raise ConfigurationError(f"key prefix {prefix!r} is not usable: use 1 to 64 letters, digits, '.', '_' or '-'")
 
 
 def _split_url(url: str) -> tuple[str, str]:

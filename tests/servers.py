@@ -31,7 +31,9 @@ def require_binary(name: str) -> str:
     return path
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, what: str = "condition") -> None:
+def wait_until(
+    predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, what: str = "condition"
+) -> None:
     """Poll ``predicate`` until it returns truthy; fail the test after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:

@@ -239,8 +239,14 @@ def test_claims_are_readable_with_redis_cli(store_factory: Callable[[], stores.S
     assert names == sorted(
         f"{keys}{name}"
         for name in [
-            "tree:4", "tree:6", "slot:10.1.2.0/28", "slot:fd00:0:0:2::/64", "pools:10.1.2.0/28",
-            "pools:fd00:0:0:2::/64", "addrs:10.1.2.0/28:s", "atree:10.1.2.0/28:s",
+            "tree:4",
+            "tree:6",
+            "slot:10.1.2.0/28",
+            "slot:fd00:0:0:2::/64",
+            "pools:10.1.2.0/28",
+            "pools:fd00:0:0:2::/64",
+            "addrs:10.1.2.0/28:s",
+            "atree:10.1.2.0/28:s",
         ]
     )
     # Closing the last pools leaves nothing behind.
@@ -321,8 +327,15 @@ def test_addresses_outside_the_pool_are_refused() -> None:
 
 
 def test_a_range_reaching_beyond_the_pool_is_cut_to_it() -> None:
-    ranges = [("10.0.0.0", "10.0.0.5"), ("10.0.0.6", "10.0.0.255"), ("10.0.0.0", "10.0.0.255"),
-              ("10.0.0.8", "10.0.0.255"), ("10.0.0.6", "10.0.0.5"), ("10.0.0.0", "10.0.0.3"), ("10.0.0.0", "10.0.0.9")]
+    ranges = [
+        ("10.0.0.0", "10.0.0.5"),
+        ("10.0.0.6", "10.0.0.255"),
+        ("10.0.0.0", "10.0.0.255"),
+        ("10.0.0.8", "10.0.0.255"),
+        ("10.0.0.6", "10.0.0.5"),
+        ("10.0.0.0", "10.0.0.3"),
+        ("10.0.0.0", "10.0.0.9"),
+    ]
     results = []
     for store in (MemoryStore(), fake_store()):
         subnet = granted(open_exact(store, "10.0.0.4/30")).pool.subnet
@@ -586,7 +599,11 @@ SCOPES = ["a", "b"]
 index = st.integers(0, 63)
 
 exact_ops = st.tuples(
-    st.just("exact"), st.integers(22, 30), index, st.sampled_from(SCOPES), st.sampled_from(["local", "global"]),
+    st.just("exact"),
+    st.integers(22, 30),
+    index,
+    st.sampled_from(SCOPES),
+    st.sampled_from(["local", "global"]),
     st.sampled_from([None, "global"]),
 )
 exact6_ops = st.tuples(st.just("exact6"), st.integers(118, 126), index, st.sampled_from(SCOPES))
