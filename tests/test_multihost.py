@@ -228,3 +228,42 @@ def test_twins_are_reported_and_a_restart_is_not(tmp_path: Path, redis_server: R
         assert message not in restarted.log.read_text()
     finally:
         restarted.stop()
+
+
+def evalsha_calls(client: object) -> int:
+    stats = client.info("commandstats")  # type: ignore[attr-defined]
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+@pytest.mark.slow
+def test_round_trips_per_request_stay_flat_as_the_map_fills(tmp_path: Path, redis_server: RedisServer) -> None:
+    url = f"{redis_server.url}?prefix=trips{os.getpid()}"
+    (driver,) = start_drivers(tmp_path, url, 1, "--host-ttl", "3600", "--pool", "10.64.0.0/14")
+    client = redis_server.client()
+    trips: dict[str, list[int]] = {}
+
+    def measure(label: str, method: str, body: dict[str, object]) -> dict[str, str]:
+        before = evalsha_calls(client)
+        status, reply = call(driver.socket_path, f"IpamDriver.{method}", body)
+        assert status == 200, reply
+        trips.setdefault(label, []).append(evalsha_calls(client) - before)
+        return reply
+
+    def one_network() -> None:
+        pool = measure("RequestPool", "RequestPool", {"AddressSpace": "local", "Pool": ""})
+        gateway = {"RequestAddressType": "com.docker.network.gateway"}
+        measure("RequestAddress gateway", "RequestAddress", {"PoolID": pool["PoolID"], "Address": "", "Options": gateway})
+        measure("RequestAddress", "RequestAddress", {"PoolID": pool["PoolID"], "Address": ""})
+
+    try:
+        one_network()  # empty map
+        for _ in range(3000):  # fill the /20 and go on into the /14
+            call(driver.socket_path, "IpamDriver.RequestPool", {"AddressSpace": "local", "Pool": ""})
+        one_network()
+        one_network()
+    finally:
+        driver.stop()
+    for label, counts in trips.items():
+        assert max(counts) <= 3, (label, counts)
+        assert counts[0] == counts[-1], (label, counts)  # the same at any fill
+    print(f"\nRedis round trips per request (EVALSHA calls, empty, then 3,000 pools): {trips}")
