@@ -99,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
     )
     add(
+        "socket-group",
+        None,
+        "group of the socket (mode 0660), for a non-root engine or tools (default: the driver's own group)",
+        metavar="GROUP",
+    )
+    add(
         "store",
         DEFAULT_STORE,
         "where claims are kept: memory://, file:///path.json, redis://host:port/db, "
@@ -210,7 +216,7 @@ def serve(args: argparse.Namespace) -> int:
     )
     presence = _watch_for_twins(store, args.host_id, args.host_ttl)
     try:
-        run_server(app, Path(args.socket), threads=args.threads)
+        run_server(app, Path(args.socket), threads=args.threads, group=args.socket_group)
     except (SocketInUse, OSError) as exc:
         log.error("cannot serve on %s: %s", args.socket, exc)
         return 1

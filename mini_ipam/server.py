@@ -8,6 +8,7 @@ SIGTERM and SIGINT stop the server and remove the socket.
 from __future__ import annotations
 
 import errno
+import grp
 import logging
 import os
 import signal
@@ -51,6 +52,15 @@ def prepare_socket_path(path: Path) -> None:
     path.unlink()
 
 
+def _group_id(group: str) -> int:
+    if group.isdigit():
+        return int(group)
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise SocketInUse(f"no group named {group!r} for the socket") from None
+
+
 def _socket_answers(path: Path) -> bool:
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.settimeout(1.0)
@@ -65,8 +75,13 @@ def _socket_answers(path: Path) -> bool:
     return True
 
 
-def serve(app: Flask, path: Path, *, threads: int = 8, mode: int = 0o660) -> None:
-    """Serve ``app`` on the Unix socket ``path`` until SIGTERM or SIGINT."""
+def serve(app: Flask, path: Path, *, threads: int = 8, mode: int = 0o660, group: str | None = None) -> None:
+    """Serve ``app`` on the Unix socket ``path`` until SIGTERM or SIGINT.
+
+    The socket gets ``mode`` and, when ``group`` is given, that group (its owner is
+    whoever runs the driver: root, for Docker).
+    """
+    gid = _group_id(group) if group else None
     prepare_socket_path(path)
     # The socket is created by bind() and chmod-ed after; the umask closes that window.
     umask = os.umask(0o777 & ~mode)
@@ -82,6 +97,8 @@ def serve(app: Flask, path: Path, *, threads: int = 8, mode: int = 0o660) -> Non
         )
     finally:
         os.umask(umask)
+    if gid is not None:
+        os.chown(path, -1, gid)
 
     received: list[int] = []
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grp
 import http.client
 import ipaddress
 import os
@@ -241,5 +242,15 @@ def test_sigkill_mid_traffic_loses_nothing_and_duplicates_nothing(tmp_path: Path
         body = {"AddressSpace": "local", "Pool": "", "Options": {"size": "26"}}
         fresh = ipaddress.ip_network(call(driver.socket_path, "IpamDriver.RequestPool", body)[1]["Pool"])
         assert not any(fresh.overlaps(s) for s in subnets)
+    finally:
+        driver.stop()
+
+
+def test_the_socket_group_is_configurable(tmp_path: Path) -> None:
+    driver = serve(tmp_path, "--socket-group", "daemon")
+    try:
+        info = os.stat(driver.socket_path)
+        assert stat.S_IMODE(info.st_mode) == 0o660
+        assert info.st_gid == grp.getgrnam("daemon").gr_gid
     finally:
         driver.stop()
