@@ -39,6 +39,8 @@ SMALLEST = {4: 30, 6: 126}
 
 GLOBAL = "global"
 LOCAL = "local"
+GATEWAY_NOTE = "gateway"
+"""The note a gateway's address claim carries, so listings can tell it apart."""
 
 
 @dataclass(frozen=True)
@@ -170,15 +172,17 @@ class Allocator:
         scope = self._scope(pool_id.space)
         if address is not None:
             self._check_address(subnet, address)
+            note = GATEWAY_NOTE if gateway else ""
             with _store_errors(), _pool_known(pool_id):
-                if not self.store.claim_address(subnet, scope, address) and not self._accepts_repeats(pool_id):
+                if not self.store.claim_address(subnet, scope, address, note) and not self._accepts_repeats(pool_id):
                     raise Conflict(f"address {address} is already in use in pool {pool_id}")
             return _interface(address, subnet)
         first, last = _usable_range(subnet, pool_id.ip_range)
         with _store_errors(), _pool_known(pool_id):
-            if gateway and self.store.claim_address(subnet, scope, first):
+            note = GATEWAY_NOTE if gateway else ""
+            if gateway and self.store.claim_address(subnet, scope, first, note):
                 return _interface(first, subnet)
-            found = self.store.claim_next_address(subnet, scope, first, last, serial)
+            found = self.store.claim_next_address(subnet, scope, first, last, serial, note)
         if found is None:
             raise Exhausted(f"no free address left in pool {pool_id} ({first} to {last})")
         return _interface(found, subnet)

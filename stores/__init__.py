@@ -38,6 +38,7 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 __all__ = [
     "Address",
+    "AddressClaim",
     "AnySubnet",
     "Block",
     "ClosedPool",
@@ -105,6 +106,15 @@ class PoolInfo:
     def subnet(self) -> Network:
         """The subnet of the block the pool belongs to."""
         return self.block.subnet
+
+
+@dataclass(frozen=True)
+class AddressClaim:
+    """A claimed address of a pool: when, and the caller's note (mini-ipam marks the gateway)."""
+
+    address: Address
+    since: float
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -184,15 +194,15 @@ class Store(Protocol):
         """The pool ``(subnet, scope)``, or None."""
         ...
 
-    def claim_address(self, subnet: Network, scope: str, address: Address) -> bool:
-        """Claim ``address`` in a pool; False when it is already claimed.
+    def claim_address(self, subnet: Network, scope: str, address: Address, note: str = "") -> bool:
+        """Claim ``address`` in a pool, with an optional ``note``; False when it is already claimed.
 
         Raises UnknownPool when the pool does not exist.
         """
         ...
 
     def claim_next_address(
-        self, subnet: Network, scope: str, first: Address, last: Address, serial: bool
+        self, subnet: Network, scope: str, first: Address, last: Address, serial: bool, note: str = ""
     ) -> Address | None:
         """Claim the lowest free address in ``[first, last]``; None when there is none.
 
@@ -222,6 +232,17 @@ class Store(Protocol):
 
         Raises UnknownPool when the pool does not exist.
         """
+        ...
+
+    def address_claims(self, subnet: Network, scope: str) -> list[AddressClaim]:
+        """The claimed addresses of a pool with their times and notes, in ascending order.
+
+        Raises UnknownPool when the pool does not exist.
+        """
+        ...
+
+    def ping(self) -> None:
+        """Return when the store answers; raise StoreError when it does not."""
         ...
 
     def setting(self, name: str, default: str) -> str:

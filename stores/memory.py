@@ -16,6 +16,7 @@ from typing import Any
 
 from stores import (
     Address,
+    AddressClaim,
     AnySubnet,
     Block,
     ClosedPool,
@@ -36,7 +37,7 @@ Event = dict[str, Any]
 class _Pool:
     info: PoolInfo
     tree: BlockTree
-    addresses: set[int] = field(default_factory=set)
+    addresses: dict[int, tuple[float, str]] = field(default_factory=dict)  # address -> (since, note)
     cursor: int | None = None  # last serially claimed address
 
 
@@ -117,16 +118,16 @@ class MemoryStore:
             pool = self._pools.get((subnet, scope))
             return None if pool is None else pool.info
 
-    def claim_address(self, subnet: Network, scope: str, address: Address) -> bool:
+    def claim_address(self, subnet: Network, scope: str, address: Address, note: str = "") -> bool:
         with self._lock:
             pool = self._get(subnet, scope)
             if int(address) in pool.addresses:
                 return False
-            self._commit({"op": "claim", "subnet": str(subnet), "scope": scope, "address": str(address)})
+            self._commit(_claim_event(subnet, scope, address, note, serial=False))
             return True
 
     def claim_next_address(
-        self, subnet: Network, scope: str, first: Address, last: Address, serial: bool
+        self, subnet: Network, scope: str, first: Address, last: Address, serial: bool, note: str = ""
     ) -> Address | None:
         with self._lock:
             pool = self._get(subnet, scope)
@@ -134,10 +135,7 @@ class MemoryStore:
             if found is None:
                 return None
             address = ipaddress.ip_address(found)
-            event: Event = {"op": "claim", "subnet": str(subnet), "scope": scope, "address": str(address)}
-            if serial:
-                event["serial"] = True
-            self._commit(event)
+            self._commit(_claim_event(subnet, scope, address, note, serial))
             return address
 
     def _next_free(self, pool: _Pool, first: int, last: int, serial: bool) -> int | None:
@@ -171,6 +169,16 @@ class MemoryStore:
         with self._lock:
             pool = self._get(subnet, scope)
             return [ipaddress.ip_address(value) for value in sorted(pool.addresses)]
+
+    def address_claims(self, subnet: Network, scope: str) -> list[AddressClaim]:
+        with self._lock:
+            pool = self._get(subnet, scope)
+            return [
+                AddressClaim(ipaddress.ip_address(value), *pool.addresses[value]) for value in sorted(pool.addresses)
+            ]
+
+    def ping(self) -> None:
+        """Memory always answers."""
 
     def setting(self, name: str, default: str) -> str:
         with self._lock:
@@ -206,14 +214,14 @@ class MemoryStore:
             address = int(ipaddress.ip_address(event["address"]))
             if pool.tree.claim(address, pool.tree.bits) is not None:
                 raise ValueError(f"address {event['address']} claimed twice in {subnet}")
-            pool.addresses.add(address)
+            pool.addresses[address] = (event.get("since", 0.0), event.get("note", ""))
             if event.get("serial"):
                 pool.cursor = address
         elif op == "release":
             pool = self._pools[(subnet, scope)]
             address = int(ipaddress.ip_address(event["address"]))
             pool.tree.release(address, pool.tree.bits)
-            pool.addresses.discard(address)
+            pool.addresses.pop(address, None)
         else:
             raise ValueError(f"unknown event {op!r}")
 
@@ -269,6 +277,23 @@ class MemoryStore:
                         "scope": scope,
                         "address": str(ipaddress.ip_address(address)),
                     }
+
+
+def _claim_event(
+    subnet: Network, scope: str, address: Address, note: str, serial: bool, since: float | None = None
+) -> Event:
+    event: Event = {
+        "op": "claim",
+        "subnet": str(subnet),
+        "scope": scope,
+        "address": str(address),
+        "since": time.time() if since is None else since,
+    }
+    if note:
+        event["note"] = note
+    if serial:
+        event["serial"] = True
+    return event
 
 
 def _network(version: int, plen: int, net: int) -> Network:

@@ -32,6 +32,7 @@ from redis.retry import Retry
 
 from stores import (
     Address,
+    AddressClaim,
     AnySubnet,
     Block,
     ClosedPool,
@@ -216,18 +217,20 @@ class RedisStore:
         _, pool_json, block_json = reply
         return _pool_info(_block(subnet, block_json), scope, pool_json)
 
-    def claim_address(self, subnet: Network, scope: str, address: Address) -> bool:
+    def claim_address(self, subnet: Network, scope: str, address: Address, note: str = "") -> bool:
         """See ``Store.claim_address``; an address outside ``subnet`` raises ValueError."""
         rel = _rel_bits(subnet, address)
-        reply = self._call("claim", subnet.version, _bits(subnet), scope, rel, _address_json())
+        reply = self._call("claim", subnet.version, _bits(subnet), scope, rel, _address_json(note))
         return _known(reply, subnet, scope) == "claimed"
 
     def claim_next_address(
-        self, subnet: Network, scope: str, first: Address, last: Address, serial: bool
+        self, subnet: Network, scope: str, first: Address, last: Address, serial: bool, note: str = ""
     ) -> Address | None:
         bounds = _clamp(subnet, first, last)
         low, high = bounds if bounds is not None else ("-", "-")
-        reply = self._call("claim_next", subnet.version, _bits(subnet), scope, low, high, int(serial), _address_json())
+        reply = self._call(
+            "claim_next", subnet.version, _bits(subnet), scope, low, high, int(serial), _address_json(note)
+        )
         if _known(reply, subnet, scope) != "claimed":
             return None
         return _address(subnet, reply[1])
@@ -267,9 +270,21 @@ class RedisStore:
         return found
 
     def addresses(self, subnet: Network, scope: str) -> list[Address]:
+        return [claim.address for claim in self.address_claims(subnet, scope)]
+
+    def address_claims(self, subnet: Network, scope: str) -> list[AddressClaim]:
         reply = self._call("addresses", subnet.version, _bits(subnet), scope)
         _known(reply, subnet, scope)
-        return sorted(_parse_address(text) for text in reply[1:])
+        claims = []
+        for text, value in zip(reply[1::2], reply[2::2], strict=True):
+            record = _decode(value, f"address {text} of {subnet} {scope!r}")
+            claims.append(AddressClaim(_parse_address(text), float(record.get("since", 0.0)), record.get("note", "")))
+        return sorted(claims, key=lambda claim: int(claim.address))
+
+    def ping(self) -> None:
+        """One PING round trip; StoreUnavailable when Redis does not answer in time."""
+        with self._reaching():
+            self._client.ping()
 
     def setting(self, name: str, default: str) -> str:
         reply = self._call("setting", name, default)
@@ -542,8 +557,11 @@ def _dumps(value: dict[str, Any]) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-def _address_json() -> str:
-    return _dumps({"since": time.time()})
+def _address_json(note: str = "") -> str:
+    record: dict[str, Any] = {"since": time.time()}
+    if note:
+        record["note"] = note
+    return _dumps(record)
 
 
 def _known(reply: Sequence[Any], subnet: Network, scope: str) -> str:

@@ -447,14 +447,14 @@ function ops.release(P, a)
 end
 
 -- Arguments: family, bits, scope
--- Reply after the time: {"found", address text...} | {"unknown"}
+-- Reply after the time: {"found", address text, JSON record, ...} | {"unknown"}
 function ops.addresses(P, a)
   local family, bits, scope = a[1], a[2], a[3]
   local pools, addrs = pool_keys(P, family, bits, scope)
   if redis.call('HEXISTS', pools, scope) == 0 then
     return { 'unknown' }
   end
-  local reply = redis.call('HKEYS', addrs)
+  local reply = redis.call('HGETALL', addrs)
   table.insert(reply, 1, 'found')
   return reply
 end

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -288,3 +289,18 @@ def test_racers_for_dynamic_subnets_never_collide(store_factory: Callable[[], St
     subnets = [granted_subnet(r) for r in results]
     assert len(set(subnets)) == RACERS
     assert sorted(subnets) == [net(f"10.9.{i // 16}.{(i % 16) * 16}/28") for i in range(RACERS)]
+
+
+def test_address_claims_carry_time_and_note(store: Store) -> None:
+    subnet = net("10.1.2.0/29")
+    open_exact(store, str(subnet))
+    before = time.time()
+    assert store.claim_address(subnet, "s", ip("10.1.2.1"), note="gateway")
+    assert store.claim_next_address(subnet, "s", ip("10.1.2.1"), ip("10.1.2.6"), False) == ip("10.1.2.2")
+    claims = store.address_claims(subnet, "s")
+    assert [(c.address, c.note) for c in claims] == [(ip("10.1.2.1"), "gateway"), (ip("10.1.2.2"), "")]
+    assert all(before - 1 <= c.since <= time.time() + 1 for c in claims)
+
+
+def test_ping_answers(store: Store) -> None:
+    store.ping()
