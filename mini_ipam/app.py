@@ -20,6 +20,9 @@ from werkzeug.exceptions import HTTPException
 
 from mini_ipam.driver import Driver, Json
 from mini_ipam.errors import InvalidRequest, IpamError
+from mini_ipam.logs import FIELDS
+from mini_ipam.metrics import Metrics
+from mini_ipam.operations import Operations
 
 CONTENT_TYPE = "application/vnd.docker.plugins.v1.1+json"
 MAX_BODY = 64 * 1024
@@ -28,9 +31,16 @@ MAX_BODY = 64 * 1024
 log = logging.getLogger("mini_ipam.requests")
 
 
-def create_app(driver: Driver) -> Flask:
-    """The WSGI app for ``driver``; no module-level state, so tests can build many."""
+def create_app(driver: Driver, *, operations: Operations | None = None, metrics: Metrics | None = None) -> Flask:
+    """The WSGI app for ``driver``; no module-level state, so tests can build many.
+
+    Besides the plugin protocol (POST), the socket answers ``GET /healthz``,
+    ``GET /metrics`` (Prometheus text) and ``GET /inventory`` (the map, as JSON).
+    """
     app = Flask("mini_ipam")
+    operations = operations or Operations(driver.allocator)
+    metrics = metrics or Metrics()
+    metrics.watch_map(operations.inventory)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     methods: dict[str, Callable[[Json], Json]] = {
         "GetCapabilities": driver.get_capabilities,
@@ -57,16 +67,32 @@ def create_app(driver: Driver) -> Flask:
         g.ipam_pool = result.get("PoolID", g.ipam_pool)
         return reply(result)
 
+    @app.get("/healthz")
+    def healthz() -> Response:
+        status, body = operations.health()
+        return Response(json.dumps(body), status=status, content_type="application/json")
+
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        return Response(metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/inventory")
+    def inventory() -> Response:
+        return Response(json.dumps(operations.inventory().to_json()), content_type="application/json")
+
     @app.errorhandler(IpamError)
     def refused(error: IpamError) -> Response:
+        g.error_kind = type(error).__name__
         return reply({"Err": str(error)}, error.status)
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Response:
+        g.error_kind = f"http_{error.code}"
         return reply({"Err": f"{error.name}: {error.description}"}, error.code or 500)
 
     @app.errorhandler(Exception)
     def crashed(error: Exception) -> Response:
+        g.error_kind = "internal"
         log.exception("unexpected error in %s", request.path)
         return reply({"Err": f"internal error in mini-ipam ({type(error).__name__}); see the driver's log"}, 500)
 
@@ -76,10 +102,23 @@ def create_app(driver: Driver) -> Flask:
 
     @app.after_request
     def log_request(response: Response) -> Response:
+        if request.method != "POST":
+            return response  # health checks and scrapes are not protocol requests
         method = getattr(g, "ipam_method", request.path.lstrip("/"))
-        duration = (time.perf_counter() - getattr(g, "started", time.perf_counter())) * 1000
-        outcome = "ok" if response.status_code == 200 else f"{response.status_code} {_error_of(response)}"
-        log.info("%s pool=%s %s %.1fms", method, getattr(g, "ipam_pool", "") or "-", outcome, duration)
+        seconds = time.perf_counter() - getattr(g, "started", time.perf_counter())
+        error = None if response.status_code == 200 else _error_of(response)
+        pool = getattr(g, "ipam_pool", "") or "-"
+        metrics.observe_request(method, response.status_code, getattr(g, "error_kind", None), seconds)
+        fields = {
+            "method": method,
+            "pool": pool,
+            "status": response.status_code,
+            "duration_ms": round(seconds * 1000, 3),
+        }
+        if error is not None:
+            fields["error"] = error
+        outcome = "ok" if error is None else f"{response.status_code} {error}"
+        log.info("%s pool=%s %s %.1fms", method, pool, outcome, seconds * 1000, extra={FIELDS: fields})
         return response
 
     return app

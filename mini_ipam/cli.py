@@ -1,4 +1,8 @@
-"""The ``mini-ipam`` command: flags (each with a MINI_IPAM_* environment fallback) to settings."""
+"""The ``mini-ipam`` command line: flags (each with a MINI_IPAM_* environment fallback) to settings.
+
+Commands live in ``mini_ipam.commands``; this module only builds the parser and
+turns every expected failure into one sentence and a non-zero exit code.
+"""
 
 from __future__ import annotations
 
@@ -9,19 +13,21 @@ import os
 import socket
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import stores
 from mini_ipam import __version__
-
-if TYPE_CHECKING:
-    from stores.presence import HostPresence
+from mini_ipam.logs import setup_logging
 
 DEFAULT_SOCKET = "/run/docker/plugins/mini.sock"
 DEFAULT_STORE = "file:///var/lib/mini-ipam/state.json"
+DEFAULT_POOL = "172.16.0.0/16"
 
-EXAMPLES = """\
+ENV_NOTE = """\
+Every flag can also be set in the environment: --default-size is
+MINI_IPAM_DEFAULT_SIZE, --pool is MINI_IPAM_POOL (comma-separated), and so on.
+"""
+
+SERVE_EXAMPLES = """\
 examples:
   mini-ipam serve
       serve /run/docker/plugins/mini.sock, carve /28s from 172.16.0.0/16, keep
@@ -31,16 +37,48 @@ examples:
   mini-ipam serve --store redis://redis.example:6379/0 --host-id "$(hostname)"
   MINI_IPAM_STORE=memory:// mini-ipam serve --socket /tmp/mini.sock
 
-Every flag can also be set in the environment: --default-size is
-MINI_IPAM_DEFAULT_SIZE, --pool is MINI_IPAM_POOL (comma-separated), and so on.
+"""
+
+LS_EXAMPLES = """\
+examples:
+  mini-ipam ls                      usage per parent, then every pool
+  mini-ipam ls --json | jq '.pools[] | select(.owner == "host-a")'
+  mini-ipam ls --store redis://redis.example:6379/0 --pool 10.10.0.0/16
+
+"""
+
+PLAN_EXAMPLES = """\
+examples:
+  mini-ipam plan --size 24               how many more /24s fit
+  mini-ipam plan --size 26 --count 40    do 40 more /26s fit? (exit 1 if not)
+
+"""
+
+RECONCILE_EXAMPLES = """\
+examples:
+  mini-ipam reconcile                    list leaks both ways, change nothing
+  mini-ipam reconcile --apply            release leaked claims older than 10 minutes,
+                                         re-claim what the engine uses but the store lost
+  mini-ipam reconcile --apply --grace 1h --docker unix:///var/run/docker.sock
+
 """
 
 
-def _env(flag: str) -> str | None:
-    return os.environ.get("MINI_IPAM_" + flag.upper().replace("-", "_"))
+class CommandError(Exception):
+    """An expected failure of a command: printed as one sentence, exit code ``code``."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
 
 
-def _network_parser(version: int) -> Callable[[str], Any]:
+def _env_name(flag: str) -> str:
+    return "MINI_IPAM_" + flag.upper().replace("-", "_")
+
+
+def network_parser(version: int) -> Callable[[str], Any]:
+    """An argparse type for an IPv``version`` subnet."""
+
     def parse(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
         try:
             network = ipaddress.ip_network(text.strip())
@@ -53,7 +91,8 @@ def _network_parser(version: int) -> Callable[[str], Any]:
     return parse
 
 
-def _prefix_parser(version: int) -> Callable[[str], int]:
+def prefix_parser(version: int) -> Callable[[str], int]:
+    """An argparse type for a prefix length."""
     longest = 30 if version == 4 else 126
 
     def parse(text: str) -> int:
@@ -65,96 +104,120 @@ def _prefix_parser(version: int) -> Callable[[str], int]:
     return parse
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full command-line interface."""
-    parser = argparse.ArgumentParser(
-        prog="mini-ipam",
-        description="A Docker IPAM driver that hands out free subnets of a requested size.",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--version", action="version", version=f"mini-ipam {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    serve = commands.add_parser(
-        "serve",
-        help="run the driver on the plugin socket",
-        description="Run the IPAM driver. Docker finds it by its socket: mini.sock is --ipam-driver mini.",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def duration(text: str) -> float:
+    """An argparse type for a duration: seconds, or a number with s, m, h or d."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    value = text.strip().lower()
+    factor = units.get(value[-1:], None)
+    number = value[:-1] if factor else value
+    try:
+        seconds = float(number) * (factor or 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 90s, 10m or 1h") from None
+    if seconds < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative")
+    return seconds
 
-    def add(flag: str, default: Any, help: str, parse: Callable[[str], Any] = str, **kw: Any) -> None:
-        env = _env(flag)
+
+class Flags:
+    """Adds flags to a parser; each takes its default from MINI_IPAM_<FLAG> when that is set."""
+
+    def __init__(self, parser: argparse.ArgumentParser, root: argparse.ArgumentParser) -> None:
+        self.parser = parser
+        self.root = root
+
+    def add(self, flag: str, default: Any, help: str, parse: Callable[[str], Any] = str, **kw: Any) -> None:
+        env = os.environ.get(_env_name(flag))
         if env is not None:
             try:
-                default = [parse(item) for item in env.split(",") if item.strip()] if kw.get("action") else parse(env)
+                default = [parse(i) for i in env.split(",") if i.strip()] if kw.get("action") else parse(env)
             except argparse.ArgumentTypeError as exc:
-                parser.error(f"MINI_IPAM_{flag.upper().replace('-', '_')}: {exc}")
-        serve.add_argument(f"--{flag}", default=default, type=parse, help=help, **kw)
+                self.root.error(f"{_env_name(flag)}: {exc}")
+        self.parser.add_argument(f"--{flag}", default=default, type=parse, help=help, **kw)
 
-    add(
-        "socket",
-        DEFAULT_SOCKET,
-        "plugin socket; its file name is the driver name (default: %(default)s)",
-        metavar="PATH",
+    def socket(self) -> None:
+        self.add("socket", DEFAULT_SOCKET, "plugin socket; its file name is the driver name (default: %(default)s)",
+                 metavar="PATH")  # fmt: skip
+
+    def store(self) -> None:
+        self.add(
+            "store",
+            DEFAULT_STORE,
+            "where claims are kept: memory://, file:///path.json, redis://host:port/db, rediss://..., "
+            "unix:///path/redis.sock (default: the file store at /var/lib/mini-ipam/state.json)",
+            metavar="URL",
+        )
+        self.add("store-timeout", 5.0, "seconds a store round trip may take (default: %(default)s)", float,
+                 metavar="SECONDS")  # fmt: skip
+        self.add(
+            "host-id",
+            socket.gethostname(),
+            "this host's name in the store, recorded as the owner of its claims (default: the hostname, %(default)s)",
+            metavar="NAME",
+        )
+
+    def parents(self) -> None:
+        self.add(
+            "pool",
+            None,
+            f"IPv4 parent range to carve subnets from; repeat for more, searched in order (default: {DEFAULT_POOL})",
+            network_parser(4),
+            action="append",
+            metavar="CIDR",
+        )
+        self.add(
+            "pool6",
+            None,
+            "IPv6 parent range; repeatable (default: a random ULA /48 made on first start and kept in the store)",
+            network_parser(6),
+            action="append",
+            metavar="CIDR",
+        )
+
+    def logging(self) -> None:
+        self.add("log-level", "info", "debug, info, warning or error (default: %(default)s)",
+                 choices=["debug", "info", "warning", "error"])  # fmt: skip
+        self.add("log-format", "text", "text or json, one object a line (default: %(default)s)",
+                 choices=["text", "json"])  # fmt: skip
+
+
+def _command(
+    commands: Any, root: argparse.ArgumentParser, name: str, help: str, description: str, examples: str
+) -> Flags:
+    parser = commands.add_parser(
+        name,
+        help=help,
+        description=description,
+        epilog=examples + ENV_NOTE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add(
-        "socket-group",
-        None,
-        "group of the socket (mode 0660), for a non-root engine or tools (default: the driver's own group)",
-        metavar="GROUP",
+    return Flags(parser, root)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full command-line interface."""
+    root = argparse.ArgumentParser(
+        prog="mini-ipam",
+        description="A Docker IPAM driver that hands out free subnets of a requested size.",
+        epilog=SERVE_EXAMPLES + ENV_NOTE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add(
-        "store",
-        DEFAULT_STORE,
-        "where claims are kept: memory://, file:///path.json, redis://host:port/db, "
-        "rediss://..., unix:///path/redis.sock (default: the file store at /var/lib/mini-ipam/state.json)",
-        metavar="URL",
-    )
-    add(
-        "pool",
-        None,
-        "IPv4 parent range to carve subnets from; repeat for more, searched in order (default: 172.16.0.0/16)",
-        _network_parser(4),
-        action="append",
-        metavar="CIDR",
-    )
-    add(
-        "default-size",
-        28,
-        "prefix length of IPv4 subnets when no size is asked for (default: %(default)s)",
-        _prefix_parser(4),
-        metavar="N",
-    )
-    add(
-        "pool6",
-        None,
-        "IPv6 parent range; repeatable (default: a random ULA /48 made on first start and kept in the store)",
-        _network_parser(6),
-        action="append",
-        metavar="CIDR",
-    )
-    add(
-        "default-size6",
-        64,
-        "prefix length of IPv6 subnets when no size6 is asked for (default: %(default)s)",
-        _prefix_parser(6),
-        metavar="N",
-    )
-    add(
-        "host-id",
-        socket.gethostname(),
-        "this host's name in the store, recorded as the owner of its claims (default: the hostname, %(default)s)",
-        metavar="NAME",
-    )
-    add(
-        "store-timeout",
-        5.0,
-        "seconds a store round trip may take before the request fails (default: %(default)s)",
-        float,
-        metavar="SECONDS",
-    )
-    add(
+    root.add_argument("--version", action="version", version=f"mini-ipam {__version__}")
+    commands = root.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = _command(commands, root, "serve", "run the driver on the plugin socket",
+                     "Run the IPAM driver. Docker finds it by its socket: mini.sock is --ipam-driver mini.",
+                     SERVE_EXAMPLES)  # fmt: skip
+    serve.socket()
+    serve.add("socket-group", None, "group of the socket (mode 0660) (default: the driver's own group)",
+              metavar="GROUP")  # fmt: skip
+    serve.store()
+    serve.parents()
+    serve.add("default-size", 28, "prefix length of IPv4 subnets when no size is asked for (default: %(default)s)",
+              prefix_parser(4), metavar="N")  # fmt: skip
+    serve.add("default-size6", 64, "prefix length of IPv6 subnets when no size6 is asked for (default: %(default)s)",
+              prefix_parser(6), metavar="N")  # fmt: skip
+    serve.add(
         "host-ttl",
         30.0,
         "on a shared store, seconds after which a silent driver's heartbeat lapses; two live drivers with one "
@@ -162,95 +225,69 @@ def build_parser() -> argparse.ArgumentParser:
         float,
         metavar="SECONDS",
     )
-    add("threads", 8, "request threads (default: %(default)s)", int, metavar="N")
-    add(
-        "log-level",
-        "info",
-        "debug, info, warning or error (default: %(default)s)",
-        choices=["debug", "info", "warning", "error"],
-    )
-    return parser
+    serve.add("threads", 8, "request threads (default: %(default)s)", int, metavar="N")
+    serve.logging()
 
+    ls = _command(commands, root, "ls", "show usage per parent and every pool",
+                  "Show used and free addresses per parent, and every pool with its owner, age, gateway and "
+                  "addresses. Reads Redis and file:// stores directly (also while a driver runs); for memory:// "
+                  "it asks the running driver on --socket.", LS_EXAMPLES)  # fmt: skip
+    ls.socket()
+    ls.store()
+    ls.parents()
+    ls.parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    ls.logging()
 
-def serve(args: argparse.Namespace) -> int:
-    """Open the store and serve until stopped."""
-    from mini_ipam.allocator import Allocator, Settings
-    from mini_ipam.app import create_app
-    from mini_ipam.driver import Driver
-    from mini_ipam.errors import IpamError
-    from mini_ipam.server import SocketInUse
-    from mini_ipam.server import serve as run_server
+    plan = _command(commands, root, "plan", "how many more subnets of a size fit",
+                    "Count how many more aligned /N subnets fit in the parents, and show the free blocks per "
+                    "prefix length, so fragmentation is visible.", PLAN_EXAMPLES)  # fmt: skip
+    plan.socket()
+    plan.store()
+    plan.parents()
+    plan.parser.add_argument("--size", type=prefix_parser(6), required=True, metavar="N", help="the prefix length")
+    plan.parser.add_argument("--v6", action="store_true", help="plan IPv6 subnets (default: IPv4)")
+    plan.parser.add_argument("--count", type=int, metavar="K", help="exit 1 unless K more fit")
+    plan.parser.add_argument("--json", action="store_true", help="print JSON")
+    plan.logging()
 
-    log = logging.getLogger("mini_ipam")
-    parents4 = tuple(args.pool or (ipaddress.IPv4Network("172.16.0.0/16"),))
-    for size, parents in ((args.default_size, parents4), (args.default_size6, args.pool6 or ())):
-        too_wide = [str(p) for p in parents if p.prefixlen > size]
-        if too_wide:
-            log.error("default size /%d does not fit in parent %s", size, ", ".join(too_wide))
-            return 2
-    try:
-        store = stores.from_url(args.store, timeout=args.store_timeout)
-    except (stores.StoreError, stores.ConfigurationError, OSError) as exc:
-        log.error("cannot open the store %s: %s", stores.redact_url(args.store), exc)
-        return 1
-    settings = Settings(
-        parents4=parents4,
-        parents6=tuple(args.pool6 or ()),
-        default_size4=args.default_size,
-        default_size6=args.default_size6,
-        host_id=args.host_id,
-    )
-    allocator = Allocator(store, settings)
-    try:
-        log.info("IPv6 parents: %s", ", ".join(map(str, allocator.parents6)))
-    except IpamError as exc:
-        # An unreachable store must not keep the socket from opening: the engine may be booting.
-        log.warning("IPv6 parents not known yet: %s", exc)
-    app = create_app(Driver(allocator))
-    log.info(
-        "mini-ipam %s: store %s, parents %s, host id %s",
-        __version__,
-        stores.redact_url(args.store),
-        ", ".join(map(str, parents4)),
-        args.host_id,
-    )
-    presence = _watch_for_twins(store, args.host_id, args.host_ttl)
-    try:
-        run_server(app, Path(args.socket), threads=args.threads, group=args.socket_group)
-    except (SocketInUse, OSError) as exc:
-        log.error("cannot serve on %s: %s", args.socket, exc)
-        return 1
-    finally:
-        if presence is not None:
-            presence.stop()
-        store.close()
-    return 0
-
-
-def _watch_for_twins(store: stores.Store, host_id: str, ttl: float) -> HostPresence | None:
-    """On a shared store, keep a heartbeat so two live drivers with one host id are noticed."""
-    from stores.redis import RedisStore
-
-    if not isinstance(store, RedisStore):
-        return None
-    from stores.presence import HostPresence
-
-    presence = HostPresence(store.client, store.prefix, host_id, ttl=ttl)
-    presence.start()
-    return presence
+    reconcile = _command(commands, root, "reconcile", "compare this host's claims with the local engine",
+                         "Compare this host's claims with what the local Docker engine uses (networks of this "
+                         "driver, their subnets, gateways and endpoint addresses) and list leaks both ways. "
+                         "With --apply, release leaked claims older than --grace that the engine still does not "
+                         "use when re-checked, and re-claim what the engine uses but the store lacks.",
+                         RECONCILE_EXAMPLES)  # fmt: skip
+    reconcile.socket()
+    reconcile.store()
+    reconcile.parents()
+    reconcile.add("docker", "unix:///var/run/docker.sock", "the engine API (default: %(default)s)", metavar="URL")
+    reconcile.add("driver", None, "the driver name the engine knows (default: the socket's file name)",
+                  metavar="NAME")  # fmt: skip
+    reconcile.add("grace", 600.0, "leave claims younger than this alone (default: 10m)", duration,
+                  metavar="DURATION")  # fmt: skip
+    reconcile.parser.add_argument("--apply", action="store_true", help="fix what can be fixed")
+    reconcile.parser.add_argument("--json", action="store_true", help="print JSON")
+    reconcile.logging()
+    return root
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mini-ipam`` command."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    if args.command == "serve":
-        return serve(args)
-    return 2  # pragma: no cover - argparse requires a command
+    setup_logging(args.log_level, args.log_format)
+    from mini_ipam.commands import run
+
+    try:
+        return run(args)
+    except CommandError as exc:
+        print(f"mini-ipam {args.command}: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a bug: still one sentence; the traceback goes to the debug log
+        logging.getLogger("mini_ipam").debug("unexpected error", exc_info=True)
+        print(f"mini-ipam {args.command}: unexpected error ({type(exc).__name__}: {exc}); "
+              "run with --log-level debug for details", file=sys.stderr)  # fmt: skip
+        return 1
 
 
 if __name__ == "__main__":

@@ -37,15 +37,27 @@ MIN_COMPACT_EVENTS = 1024
 class FileStore(MemoryStore):
     """A MemoryStore whose every change is journalled to a file first."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, read_only: bool = False) -> None:
+        """Open the state at ``path``.
+
+        ``read_only`` reads it without the lock and changes nothing, not even a torn
+        last line: for looking at the state while a driver runs. Changes then raise.
+        """
         super().__init__()
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.read_only = read_only
         self._log_fd: int | None = None
-        self._lock_fd = self._take_lock()
         self._log_size = 0
         self._log_events = 0
         self._live_events = 0
+        if read_only:
+            if not self.path.exists() and not self._log_path(0).exists():
+                raise StoreError(f"there is no state at {self.path} (has a driver run with this store?)")
+            self._lock_fd = -1
+            self._generation = self._load()
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = self._take_lock()
         try:
             self._generation = self._load()
             self._open_log()
@@ -54,13 +66,13 @@ class FileStore(MemoryStore):
             raise
 
     @classmethod
-    def from_url(cls, url: str) -> FileStore:
-        """Open ``file:///absolute/path.json``."""
+    def from_url(cls, url: str, *, read_only: bool = False) -> FileStore:
+        """Open ``file:///absolute/path.json`` (see ``__init__`` for ``read_only``)."""
         parts = urlsplit(url)
         path = unquote(parts.path)
         if parts.netloc not in ("", "localhost") or not path.startswith("/") or parts.query:
             raise ConfigurationError(f"a file store URL is file:///absolute/path.json, not {url!r}")
-        return cls(path)
+        return cls(path, read_only=read_only)
 
     @property
     def is_open(self) -> bool:
@@ -90,7 +102,7 @@ class FileStore(MemoryStore):
             for event in snapshot["events"]:
                 self._replay(event, self.path)
         self._live_events = sum(1 for _ in self._snapshot_events())
-        for stale in self.path.parent.glob(f"{self.path.name}.*.log"):
+        for stale in [] if self.read_only else self.path.parent.glob(f"{self.path.name}.*.log"):
             suffix = stale.name[len(self.path.name) + 1 : -len(".log")]
             if suffix.isdigit() and int(suffix) < generation:
                 stale.unlink()
@@ -124,7 +136,7 @@ class FileStore(MemoryStore):
         except OSError as exc:
             raise CorruptState(f"cannot read journal {path}: {exc}") from exc
         complete, _, torn = data.rpartition(b"\n")
-        if torn:
+        if torn and not self.read_only:
             # The last line was never finished, so it was never acknowledged: drop it.
             with open(path, "r+b") as handle:
                 handle.truncate(len(complete) + 1 if complete else 0)
@@ -164,7 +176,7 @@ class FileStore(MemoryStore):
 
     def _append(self, line: bytes) -> None:
         if self._log_fd is None:
-            raise StoreError(f"state file {self.path} is closed")
+            raise StoreError(f"state file {self.path} is {'open read-only' if self.read_only else 'closed'}")
         try:
             written = os.write(self._log_fd, line)
             if written != len(line):

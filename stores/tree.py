@@ -15,6 +15,8 @@ The Redis store runs the same algorithm in Lua (``stores/redis_scripts.lua``).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 CLAIMED = -1
 
 
@@ -131,6 +133,21 @@ class BlockTree:
                 del self._nodes[node]
             else:
                 self._nodes[node] = new
+
+    def free_blocks(self, within_net: int, within_len: int) -> Iterator[tuple[int, int]]:
+        """The maximal free aligned blocks inside ``within``, as ``(network, prefixlen)``, lowest first."""
+        if self._claimed_ancestor(within_net, within_len) is not None:
+            return
+        pending = [(within_len, within_net)]
+        while pending:
+            length, base = pending.pop()
+            value = self._nodes.get((length, base))
+            if value is None:
+                yield base, length
+            elif value != CLAIMED:
+                child = length + 1
+                pending.append((child, base | 1 << (self.bits - child)))
+                pending.append((child, base))
 
     def largest_free(self, within_net: int, within_len: int) -> int | None:
         """Prefix length of the largest free block inside ``within``; None when it is full."""

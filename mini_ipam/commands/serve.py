@@ -1,0 +1,66 @@
+"""``mini-ipam serve``: open the store and answer the engine on the plugin socket until stopped."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import cast
+
+import stores
+from mini_ipam import __version__
+from mini_ipam.allocator import Allocator
+from mini_ipam.app import create_app
+from mini_ipam.cli import CommandError
+from mini_ipam.commands import open_store, settings_from
+from mini_ipam.driver import Driver
+from mini_ipam.errors import IpamError
+from mini_ipam.metrics import Metrics, TimedStore
+from mini_ipam.operations import Operations
+from mini_ipam.server import SocketInUse
+from mini_ipam.server import serve as run_server
+from stores.presence import HostPresence
+
+log = logging.getLogger("mini_ipam")
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM or SIGINT; exit 0 then."""
+    settings = settings_from(args)
+    store = open_store(args)
+    presence = _watch_for_twins(store, args.host_id, args.host_ttl)
+    metrics = Metrics()
+    allocator = Allocator(cast(stores.Store, TimedStore(store, metrics)), settings)
+    try:
+        log.info("IPv6 parents: %s", ", ".join(map(str, allocator.parents6)))
+    except IpamError as exc:
+        # An unreachable store must not keep the socket from opening: the engine may be booting.
+        log.warning("IPv6 parents not known yet: %s", exc)
+    app = create_app(Driver(allocator), operations=Operations(allocator, presence), metrics=metrics)
+    log.info(
+        "mini-ipam %s: store %s, parents %s, host id %s",
+        __version__,
+        stores.redact_url(args.store),
+        ", ".join(map(str, settings.parents4)),
+        args.host_id,
+    )
+    try:
+        run_server(app, Path(args.socket), threads=args.threads, group=args.socket_group)
+    except (SocketInUse, OSError) as exc:
+        raise CommandError(f"cannot serve on {args.socket}: {exc}") from None
+    finally:
+        if presence is not None:
+            presence.stop()
+        store.close()
+    return 0
+
+
+def _watch_for_twins(store: stores.Store, host_id: str, ttl: float) -> HostPresence | None:
+    """On a shared store, keep a heartbeat so two live drivers with one host id are noticed."""
+    from stores.redis import RedisStore
+
+    if not isinstance(store, RedisStore):
+        return None
+    presence = HostPresence(store.client, store.prefix, host_id, ttl=ttl)
+    presence.start()
+    return presence
