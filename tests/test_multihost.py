@@ -252,7 +252,9 @@ def test_round_trips_per_request_stay_flat_as_the_map_fills(tmp_path: Path, redi
     def one_network() -> None:
         pool = measure("RequestPool", "RequestPool", {"AddressSpace": "local", "Pool": ""})
         gateway = {"RequestAddressType": "com.docker.network.gateway"}
-        measure("RequestAddress gateway", "RequestAddress", {"PoolID": pool["PoolID"], "Address": "", "Options": gateway})
+        measure(
+            "RequestAddress gateway", "RequestAddress", {"PoolID": pool["PoolID"], "Address": "", "Options": gateway}
+        )
         measure("RequestAddress", "RequestAddress", {"PoolID": pool["PoolID"], "Address": ""})
 
     try:
