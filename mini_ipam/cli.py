@@ -179,6 +179,8 @@ class Flags:
                  choices=["debug", "info", "warning", "error"])  # fmt: skip
         self.add("log-format", "text", "text or json, one object a line (default: %(default)s)",
                  choices=["text", "json"])  # fmt: skip
+        self.add("log-stream", "stderr", "stderr or stdout; a managed plugin logs to stdout, which the engine "
+                 "logs at level info (default: %(default)s)", choices=["stderr", "stdout"])  # fmt: skip
 
 
 def _command(
@@ -273,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mini-ipam`` command."""
     args = build_parser().parse_args(argv)
-    setup_logging(args.log_level, args.log_format)
+    setup_logging(args.log_level, args.log_format, args.log_stream)
     from mini_ipam.commands import run
 
     try:

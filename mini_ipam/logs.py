@@ -27,9 +27,9 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def setup_logging(level: str, form: str) -> None:
-    """Log to stderr at ``level`` in ``form`` ("text" or "json")."""
-    handler = logging.StreamHandler(sys.stderr)
+def setup_logging(level: str, form: str, stream: str = "stderr") -> None:
+    """Log to ``stream`` ("stderr" or "stdout") at ``level`` in ``form`` ("text" or "json")."""
+    handler = logging.StreamHandler(sys.stdout if stream == "stdout" else sys.stderr)
     if form == "json":
         handler.setFormatter(JsonFormatter())
     else:
