@@ -20,11 +20,16 @@ if TYPE_CHECKING:
     import redis
 
 
+PACKAGES = {"dockerd": "docker.io", "docker": "docker.io", "busybox": "busybox-static"}
+"""Debian packages of the binaries whose package has another name."""
+
+
 def require_binary(name: str) -> str:
     """The path of ``name``; skip (or, in CI, fail) when it is not installed."""
     path = shutil.which(name)
     if path is None:
-        message = f"{name} is not installed (apt-get install {name})"
+        package = PACKAGES.get(name, name)
+        message = f"{name} is not installed (apt-get install {package})"
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(message)
         pytest.skip(message)
