@@ -16,7 +16,7 @@ from typing import Any
 
 from mini_ipam.allocator import GATEWAY_NOTE, GLOBAL, LOCAL
 from mini_ipam.pool_id import PoolId
-from stores import Block, Network, PoolInfo, Store, UnknownPool
+from stores import AddressClaim, Block, Network, PoolInfo, Store, UnknownPool
 from stores.tree import BlockTree
 
 
@@ -30,8 +30,13 @@ class PoolView:
     owner: str
     since: float
     gateway: str | None
-    addresses: tuple[str, ...]
+    claims: tuple[AddressClaim, ...]
     copy_of_global: bool = False
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """The claimed addresses, as text."""
+        return tuple(str(c.address) for c in self.claims)
 
     def to_json(self, now: float) -> dict[str, Any]:
         return {
@@ -43,6 +48,7 @@ class PoolView:
             "age_seconds": round(now - self.since, 1),
             "gateway": self.gateway,
             "addresses": list(self.addresses),
+            "claims": [{"address": str(c.address), "since": c.since, "note": c.note} for c in self.claims],
             "copy_of_global": self.copy_of_global,
         }
 
@@ -142,6 +148,6 @@ def pool_view(store: Store, pool: PoolInfo) -> PoolView | None:
         owner=pool.owner,
         since=pool.since,
         gateway=gateway,
-        addresses=tuple(str(c.address) for c in claims),
+        claims=tuple(claims),
         copy_of_global=space == LOCAL and label_space == GLOBAL,
     )

@@ -17,16 +17,14 @@ always show it. Reconciling never runs inside a plugin request.
 
 from __future__ import annotations
 
-import ipaddress
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from mini_ipam.allocator import GATEWAY_NOTE, LOCAL, Allocator, PoolRequest
+from mini_ipam.allocator import GATEWAY_NOTE
+from mini_ipam.claims import ClaimBook, ClaimRefused
 from mini_ipam.docker_engine import EngineSubnet
-from mini_ipam.errors import IpamError
-from mini_ipam.pool_id import PoolId
 
 
 class EngineView(Protocol):
@@ -61,39 +59,18 @@ class Report:
         return [f for f in self.findings if f.action not in ("released", "claimed")]
 
 
-@dataclass(frozen=True)
-class _Claimed:
-    pool_id: str
-    since: float
-    addresses: dict[str, tuple[float, str]]  # address -> (since, note)
-
-
 class Reconciler:
     """Compares and fixes one host's claims against its engine."""
 
-    def __init__(self, allocator: Allocator, engine: EngineView, driver: str, grace: float = 600.0) -> None:
-        self.allocator = allocator
+    def __init__(self, claims: ClaimBook, engine: EngineView, driver: str, grace: float = 600.0) -> None:
+        self.claims = claims
         self.engine = engine
         self.driver = driver
         self.grace = grace
 
-    def _claims(self) -> dict[str, _Claimed]:
-        """This host's local pools and their addresses, read from the store now."""
-        store = self.allocator.store
-        scope = f"{LOCAL}@{self.allocator.settings.host_id}"
-        claims: dict[str, _Claimed] = {}
-        for pool in store.pools():
-            if pool.scope != scope:
-                continue
-            _, _, ip_range = pool.block.label.partition(" ")
-            pool_id = str(PoolId(LOCAL, pool.subnet, ipaddress.ip_network(ip_range) if ip_range else None))
-            addresses = {str(c.address): (c.since, c.note) for c in store.address_claims(pool.subnet, scope)}
-            claims[pool_id] = _Claimed(pool_id, pool.since, addresses)
-        return claims
-
     def run(self, apply: bool = False) -> Report:
         """Find the leaks; with ``apply``, fix what may be fixed."""
-        claims = self._claims()  # before the engine's state: see the module docstring
+        claims = self.claims.held()  # before the engine's state: see the module docstring
         used = {s.pool_id: s for s in self.engine.subnets(self.driver)}
         report = Report()
         now = time.time()
@@ -135,13 +112,9 @@ class Reconciler:
             if subnet is not None and (finding.address is None or finding.address in subnet.addresses):
                 done.append(_with(finding, "kept (the engine uses it now)"))
                 continue
-            pool_id = PoolId.parse(finding.pool_id)
             try:
-                if finding.address is None:
-                    self.allocator.release_pool(pool_id)
-                else:
-                    self.allocator.release_address(pool_id, ipaddress.ip_address(finding.address))
-            except IpamError as exc:
+                self.claims.release(finding.pool_id, finding.address)
+            except ClaimRefused as exc:
                 done.append(_with(finding, f"failed: {exc}"))
             else:
                 done.append(_with(finding, "released"))
@@ -151,20 +124,13 @@ class Reconciler:
         done: list[Finding] = []
         refused: set[str] = set()
         for finding in missing:
-            pool_id = PoolId.parse(finding.pool_id)
             if finding.pool_id in refused:
                 done.append(_with(finding, "not claimed: its pool could not be"))
                 continue
+            gateway = finding.address is not None and used[finding.pool_id].gateway == finding.address
             try:
-                if finding.address is None:
-                    self.allocator.request_pool(
-                        PoolRequest(space=LOCAL, v6=pool_id.subnet.version == 6, subnet=pool_id.subnet,
-                                    ip_range=pool_id.ip_range)
-                    )  # fmt: skip
-                else:
-                    gateway = used[finding.pool_id].gateway == finding.address
-                    self.allocator.request_address(pool_id, ipaddress.ip_address(finding.address), gateway=gateway)
-            except IpamError as exc:
+                self.claims.claim(finding.pool_id, finding.address, gateway)
+            except ClaimRefused as exc:
                 if finding.address is None:
                     refused.add(finding.pool_id)
                 done.append(_with(finding, f"conflict: {exc}"))

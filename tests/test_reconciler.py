@@ -9,6 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from mini_ipam.allocator import Allocator, PoolRequest, Settings
+from mini_ipam.claims import StoreClaims
 from mini_ipam.docker_engine import EngineSubnet
 from mini_ipam.pool_id import PoolId
 from mini_ipam.reconciler import Reconciler
@@ -55,7 +56,7 @@ def test_agreement_finds_nothing(allocator: Allocator) -> None:
     pool_id, (gateway, container) = network(allocator)
     engine = StandInEngine()
     engine.networks = [uses("net1", str(pool_id.subnet), container)]  # the engine hides the gateway here
-    report = Reconciler(allocator, engine, "mini").run(apply=True)
+    report = Reconciler(StoreClaims(allocator), engine, "mini").run(apply=True)
     assert report.findings == []
 
 
@@ -65,7 +66,7 @@ def test_leaks_are_listed_and_nothing_changes_without_apply(allocator: Allocator
     allocator.request_address(live, ip("10.61.0.9"))  # a container that went away unseen
     engine = StandInEngine()
     engine.networks = [uses("net1", str(live.subnet), container, gateway=gateway)]
-    report = Reconciler(allocator, engine, "mini", grace=0).run(apply=False)
+    report = Reconciler(StoreClaims(allocator), engine, "mini", grace=0).run(apply=False)
     kinds = sorted((f.kind, f.pool_id, f.address) for f in report.findings)
     assert kinds == [("leaked address", str(live), "10.61.0.9"), ("leaked pool", str(leaked_pool), None)]
     assert all(f.action == "none" for f in report.findings)
@@ -78,7 +79,7 @@ def test_apply_releases_old_leaks_and_keeps_live_networks(allocator: Allocator, 
     allocator.request_address(live, ip("10.61.0.9"))
     engine = StandInEngine()
     engine.networks = [uses("net1", str(live.subnet), container, gateway=gateway)]
-    report = Reconciler(allocator, engine, "mini", grace=0).run(apply=True)
+    report = Reconciler(StoreClaims(allocator), engine, "mini", grace=0).run(apply=True)
     assert sorted(f.action for f in report.findings) == ["released", "released"]
     assert [p.subnet for p in store.pools()] == [live.subnet]
     assert [str(a) for a in store.addresses(live.subnet, "local@me")] == [gateway, container]
@@ -87,7 +88,7 @@ def test_apply_releases_old_leaks_and_keeps_live_networks(allocator: Allocator, 
 
 def test_young_leaks_are_kept(allocator: Allocator, store: Store) -> None:
     network(allocator)
-    report = Reconciler(allocator, StandInEngine(), "mini", grace=600).run(apply=True)
+    report = Reconciler(StoreClaims(allocator), StandInEngine(), "mini", grace=600).run(apply=True)
     assert [f.action for f in report.findings] == ["kept (younger than the grace period)"]
     assert len(store.pools()) == 1
     assert report.unresolved
@@ -101,7 +102,7 @@ def test_what_the_engine_starts_using_before_the_recheck_is_kept(allocator: Allo
         engine.networks = [uses("late", str(pool_id.subnet), container, gateway=gateway)]
 
     engine.during_recheck = network_appears
-    report = Reconciler(allocator, engine, "mini", grace=0).run(apply=True)
+    report = Reconciler(StoreClaims(allocator), engine, "mini", grace=0).run(apply=True)
     assert [f.action for f in report.findings] == ["kept (the engine uses it now)"]
     assert len(store.pools()) == 1
 
@@ -109,7 +110,7 @@ def test_what_the_engine_starts_using_before_the_recheck_is_kept(allocator: Allo
 def test_missing_claims_are_claimed_again(allocator: Allocator, store: Store) -> None:
     engine = StandInEngine()
     engine.networks = [uses("lost", "10.61.0.64/27", "10.61.0.66", "10.61.0.70", gateway="10.61.0.65")]
-    report = Reconciler(allocator, engine, "mini").run(apply=True)
+    report = Reconciler(StoreClaims(allocator), engine, "mini").run(apply=True)
     assert sorted((f.kind, f.address, f.action) for f in report.findings) == [
         ("missing address", "10.61.0.65", "claimed"),
         ("missing address", "10.61.0.66", "claimed"),
@@ -130,7 +131,7 @@ def test_a_missing_claim_that_now_conflicts_is_reported_not_forced(
     me = Allocator(store_factory(), Settings(parents4=(net("10.61.0.0/24"),), host_id="me"))
     engine = StandInEngine()
     engine.networks = [uses("lost", "10.61.0.0/26", "10.61.0.2")]
-    report = Reconciler(me, engine, "mini").run(apply=True)
+    report = Reconciler(StoreClaims(me), engine, "mini").run(apply=True)
     actions = {(f.kind, f.action.split(":")[0]) for f in report.findings}
     assert actions == {("missing pool", "conflict"), ("missing address", "not claimed")}
     assert "held in address space local by host other" in report.findings[0].action

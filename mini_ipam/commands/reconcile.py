@@ -6,33 +6,41 @@ import argparse
 import json
 from dataclasses import asdict
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from mini_ipam.allocator import Allocator
+from mini_ipam.claims import ClaimBook, ClaimRefused, DriverClaims, StoreClaims
 from mini_ipam.cli import CommandError
 from mini_ipam.commands import open_store, settings_from
 from mini_ipam.commands.inspect import _age, _table
 from mini_ipam.docker_engine import Engine, EngineError
 from mini_ipam.errors import IpamError
 from mini_ipam.reconciler import Reconciler
-from stores import StoreError
+from mini_ipam.unix_http import UnixHTTPError, request_json
+from stores import Store, StoreError
 
 
 def reconcile(args: argparse.Namespace) -> int:
     """Exit 0 when store and engine agree (or every difference was fixed), 1 otherwise."""
-    if args.store.startswith("memory:"):
-        raise CommandError("a memory:// store lives inside its driver; reconcile needs a file:// or Redis store")
     driver = args.driver or Path(args.socket).stem
     try:
         engine = Engine(args.docker)
     except EngineError as exc:
         raise CommandError(str(exc), 2) from None
-    store = open_store(args)
+    store: Store | None = None
+    claims: ClaimBook
+    if _through_driver(args):
+        claims = DriverClaims(args.socket, args.host_id)
+    else:
+        store = open_store(args)
+        claims = StoreClaims(Allocator(store, settings_from(args)))
     try:
-        report = Reconciler(Allocator(store, settings_from(args)), engine, driver, args.grace).run(args.apply)
-    except (EngineError, StoreError, IpamError) as exc:
+        report = Reconciler(claims, engine, driver, args.grace).run(args.apply)
+    except (EngineError, StoreError, IpamError, ClaimRefused) as exc:
         raise CommandError(str(exc)) from None
     finally:
-        store.close()
+        if store is not None:
+            store.close()
     if args.json:
         print(json.dumps([asdict(f) for f in report.findings], indent=2))
     elif not report.findings:
@@ -45,3 +53,19 @@ def reconcile(args: argparse.Namespace) -> int:
         ]  # fmt: skip
         print(_table(["FINDING", "POOL", "ADDRESS", "NETWORK", "AGE", "ACTION"], rows))
     return 1 if report.unresolved else 0
+
+
+def _through_driver(args: argparse.Namespace) -> bool:
+    """Whether claims must go through the running driver: it owns a memory or file store's state."""
+    scheme = urlsplit(args.store).scheme
+    if scheme == "memory":
+        return True
+    return scheme == "file" and plugin_answers(args.socket)
+
+
+def plugin_answers(socket_path: str) -> bool:
+    """Whether a driver answers on ``socket_path``."""
+    try:
+        return request_json(socket_path, "POST", "/Plugin.Activate", timeout=2)[0] == 200
+    except UnixHTTPError:
+        return False
