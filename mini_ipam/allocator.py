@@ -29,13 +29,10 @@ from datetime import UTC, datetime
 
 import stores
 from mini_ipam.errors import AddressNotFound, Conflict, Exhausted, InvalidRequest, PoolNotFound, StoreFailed
-from mini_ipam.pool_id import PoolId
+from mini_ipam.pool_id import SMALLEST, PoolId
 from stores import Address, AnySubnet, Block, ExactSubnet, Granted, Network, Overlap, Store
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
-
-SMALLEST = {4: 30, 6: 126}
-"""The longest prefix a pool may have: a /30 still leaves two usable IPv4 hosts."""
 
 GLOBAL = "global"
 LOCAL = "local"
@@ -141,6 +138,10 @@ class Allocator:
         ip_range = request.ip_range
         if ip_range is not None and (ip_range.version != version or not ip_range.subnet_of(subnet)):  # type: ignore[arg-type]
             raise InvalidRequest(f"ip-range {ip_range} is not inside subnet {subnet}")
+        if ip_range is not None:
+            first, last = _usable_range(subnet, ip_range)
+            if int(first) > int(last):
+                raise InvalidRequest(f"ip-range {ip_range} holds no usable address of subnet {subnet}")
         label = _label(request.space, ip_range)
         with _store_errors():
             result = self.store.open_pool(
@@ -180,7 +181,7 @@ class Allocator:
         first, last = _usable_range(subnet, pool_id.ip_range)
         with _store_errors(), _pool_known(pool_id):
             note = GATEWAY_NOTE if gateway else ""
-            if gateway and self.store.claim_address(subnet, scope, first, note):
+            if gateway and int(first) <= int(last) and self.store.claim_address(subnet, scope, first, note):
                 return _interface(first, subnet)
             found = self.store.claim_next_address(subnet, scope, first, last, serial, note)
         if found is None:

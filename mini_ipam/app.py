@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, abort, g, request
 from werkzeug.exceptions import HTTPException
 
 from mini_ipam.driver import Driver, Json
@@ -51,11 +51,11 @@ def create_app(driver: Driver, *, operations: Operations | None = None, metrics:
         "ReleaseAddress": driver.release_address,
     }
 
-    @app.post("/Plugin.Activate")
+    @app.post("/Plugin.Activate", provide_automatic_options=False)
     def activate() -> Response:
         return reply({"Implements": ["IpamDriver"]})
 
-    @app.post("/IpamDriver.<method>")
+    @app.post("/IpamDriver.<method>", provide_automatic_options=False)
     def ipam(method: str) -> Response:
         handler = methods.get(method)
         if handler is None:
@@ -99,6 +99,8 @@ def create_app(driver: Driver, *, operations: Operations | None = None, metrics:
     @app.before_request
     def start_clock() -> None:
         g.started = time.perf_counter()
+        if (request.content_length or 0) > MAX_BODY:
+            abort(413)  # even for calls that never read their body
 
     @app.after_request
     def log_request(response: Response) -> Response:
@@ -106,9 +108,13 @@ def create_app(driver: Driver, *, operations: Operations | None = None, metrics:
             return response  # health checks and scrapes are not protocol requests
         method = getattr(g, "ipam_method", request.path.lstrip("/"))
         seconds = time.perf_counter() - getattr(g, "started", time.perf_counter())
-        error = None if response.status_code == 200 else _error_of(response)
-        pool = getattr(g, "ipam_pool", "") or "-"
-        metrics.observe_request(method, response.status_code, getattr(g, "error_kind", None), seconds)
+        error = None if response.status_code == 200 else _printable(_error_of(response), 300)
+        known = hasattr(g, "ipam_method") or request.path == "/Plugin.Activate"
+        method = _printable(method)
+        pool = _printable(str(getattr(g, "ipam_pool", "") or "-"))
+        # Paths are the client's to choose: only known methods become metric labels.
+        label = method if known else "other"
+        metrics.observe_request(label, response.status_code, getattr(g, "error_kind", None), seconds)
         fields = {
             "method": method,
             "pool": pool,
@@ -140,6 +146,12 @@ def parse_body(data: bytes) -> Json:
 def reply(payload: dict[str, Any], status: int = 200) -> Response:
     """A JSON reply with the plugin protocol's content type."""
     return Response(json.dumps(payload), status=status, content_type=CONTENT_TYPE)
+
+
+def _printable(text: str, limit: int = 120) -> str:
+    """``text`` safe for one log line: control characters escaped, length capped."""
+    escaped = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[: limit + 1])
+    return escaped if len(escaped) <= limit else escaped[:limit] + "..."
 
 
 def _error_of(response: Response) -> str:

@@ -7,12 +7,12 @@ reply. A request that does not decode is an ``InvalidRequest`` and changes nothi
 
 from __future__ import annotations
 
-import ipaddress
+import re
 from typing import Any
 
 from mini_ipam.allocator import GLOBAL, LOCAL, Allocator, PoolRequest
 from mini_ipam.errors import InvalidRequest
-from mini_ipam.pool_id import PoolId
+from mini_ipam.pool_id import PoolId, parse_address, parse_network
 from stores import Address, Network
 
 Json = dict[str, Any]
@@ -23,6 +23,8 @@ SERIAL_OPTION = "com.docker.network.ipam.serial"
 SIZE_OPTIONS = ("size", "mini.cidr_mask_length")
 """IPv4 size options; the second is the original Go driver's key."""
 SIZE6_OPTION = "size6"
+SIZE_TEXT = re.compile(r"[0-9]{1,3}")
+"""A prefix length: ASCII digits only (str.isdigit() also takes "²" and other scripts' digits)."""
 
 
 class Driver:
@@ -129,24 +131,18 @@ def _size(options: dict[str, str], v6: bool) -> int | None:
     for key in keys:
         if key in options:
             text = options[key].strip().removeprefix("/")
-            if not text.isdigit() or len(text) > 3:
+            if not SIZE_TEXT.fullmatch(text):
                 raise InvalidRequest(f"ipam-opt {key}={options[key]!r} is not a prefix length such as 28")
             return int(text)
     return None
 
 
 def _network(text: str, key: str) -> Network:
-    try:
-        return ipaddress.ip_network(text)
-    except ValueError as exc:
-        raise InvalidRequest(f"{key} {text!r} is not a subnet in CIDR form, such as 10.1.2.0/24: {exc}") from None
+    return parse_network(text, key)
 
 
 def _address(text: str) -> Address:
-    try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        raise InvalidRequest(f"Address {text!r} is not an IP address") from None
+    return parse_address(text, "Address")
 
 
 def _pool_id(request: Json) -> PoolId:

@@ -10,9 +10,32 @@ import ipaddress
 from dataclasses import dataclass
 
 from mini_ipam.errors import InvalidRequest
-from stores import Network
+from stores import Address, Network
 
 SPACES = ("local", "global")
+
+SMALLEST = {4: 30, 6: 126}
+"""The longest prefix a pool may have: a /30 still leaves two usable IPv4 hosts."""
+
+
+def parse_network(text: str, what: str) -> Network:
+    """A subnet in CIDR form; InvalidRequest, naming ``what``, for anything else (IPv6 zones too)."""
+    if "%" in text:
+        raise InvalidRequest(f"{what} {text!r} carries an IPv6 zone; subnets have none")
+    try:
+        return ipaddress.ip_network(text)
+    except ValueError as exc:
+        raise InvalidRequest(f"{what} {text!r} is not a subnet in CIDR form, such as 10.1.2.0/24: {exc}") from None
+
+
+def parse_address(text: str, what: str) -> Address:
+    """A bare IP address; InvalidRequest, naming ``what``, for anything else (IPv6 zones too)."""
+    try:
+        if "%" in text:
+            raise ValueError(text)
+        return ipaddress.ip_address(text)
+    except ValueError:
+        raise InvalidRequest(f"{what} {text!r} is not an IP address") from None
 
 
 @dataclass(frozen=True)
@@ -34,10 +57,12 @@ class PoolId:
         if len(parts) not in (3, 5) or parts[0] not in SPACES:
             raise InvalidRequest(f"malformed PoolID {text!r}: expected <local|global>/<subnet>[/<ip-range>]")
         try:
-            subnet = ipaddress.ip_network("/".join(parts[1:3]))
-            ip_range = ipaddress.ip_network("/".join(parts[3:5])) if len(parts) == 5 else None
-        except ValueError as exc:
+            subnet = parse_network("/".join(parts[1:3]), "subnet")
+            ip_range = parse_network("/".join(parts[3:5]), "ip-range") if len(parts) == 5 else None
+        except InvalidRequest as exc:
             raise InvalidRequest(f"malformed PoolID {text!r}: {exc}") from None
+        if subnet.prefixlen > SMALLEST[subnet.version]:
+            raise InvalidRequest(f"malformed PoolID {text!r}: no pool is smaller than /{SMALLEST[subnet.version]}")
         if ip_range is not None and (ip_range.version != subnet.version or not ip_range.subnet_of(subnet)):  # type: ignore[arg-type]
             raise InvalidRequest(f"malformed PoolID {text!r}: the ip-range is not inside the subnet")
         return cls(parts[0], subnet, ip_range)

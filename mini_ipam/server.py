@@ -93,7 +93,13 @@ def serve(app: Flask, path: Path, *, threads: int = 8, mode: int = 0o660, group:
             threads=threads,
             ident="mini-ipam",
             clear_untrusted_proxy_headers=True,
-            channel_timeout=30,
+            # Engine calls take milliseconds: idle or stalled connections are dropped after 10 s, and
+            # many of them must not lock the engine out (waitress allows 100 by default).
+            channel_timeout=10,
+            connection_limit=1000,
+            # The app refuses bodies over 64 KiB with a JSON error; waitress itself drops anything
+            # over 16 MiB (plain text), so a client cannot make it buffer a gigabyte first.
+            max_request_body_size=16 * 1024 * 1024,
         )
     finally:
         os.umask(umask)

@@ -9,10 +9,11 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from mini_ipam.allocator import SMALLEST, Allocator
+from mini_ipam.allocator import Allocator
 from mini_ipam.cli import CommandError
 from mini_ipam.commands import open_store, settings_from
 from mini_ipam.operations import Operations
+from mini_ipam.pool_id import SMALLEST
 
 
 def _inventory(args: argparse.Namespace) -> dict[str, Any]:
