@@ -18,6 +18,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import secrets
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -71,6 +73,15 @@ _BOOLEANS = frozenset({"true", "false", "yes", "no", "1", "0"})
 _DEADLINE_MARGIN = 0.1
 
 
+def _request_id() -> str:
+    """A fresh name for one call that changes the map (``{P}:req:<id>``)."""
+    return secrets.token_hex(16)
+
+
+class _Dropped(StoreUnavailable):
+    """The script answered that it did not run the call (too late, or already abandoned)."""
+
+
 @dataclass(frozen=True)
 class _Clock:
     """The server's clock as seen from here, learnt from the time in every reply."""
@@ -93,6 +104,8 @@ class RedisStore:
         {P}:addrs:<cidr>:<scope>     hash    a pool's claimed addresses: address -> JSON {"since"}
         {P}:atree:<cidr>:<scope>     hash    the pool's address tree (bit strings below <cidr>), and
                                              "cursor": the bits of its last serial claim
+        {P}:req:<id>                 string  a call that changed the map: JSON telling how to undo
+                                             it, or "abandoned"; expires after an hour
 
     ``<cidr>`` and addresses are written by the script as Python 3.11's
     ``ipaddress`` writes them (``10.1.2.0/28``, ``fd00::/64``; IPv4-mapped IPv6
@@ -108,7 +121,18 @@ class RedisStore:
     Redis cannot be reached in time), and a script never stops half-way. A
     request that timed out here may still reach a stalled server later; it
     carries a deadline in the server's clock (learnt from the time in every
-    reply), and the script drops it when late, so a timeout changes nothing.
+    reply), and the script drops it when late. A request may also have run in
+    time and lost its reply (Redis stalled or died before answering). So every
+    call that changes the map carries a random request id, under which the
+    script records how to undo the change (``{P}:req:<id>``, in the same atomic
+    step). When such a call fails with StoreUnavailable, the store remembers
+    its id, and before its next call of any kind (and in ``close``) sends one
+    "abandon" per remembered id: it undoes the change if it landed, or marks
+    the id so that the request, should it arrive later, changes nothing. Until
+    every abandon has gone through, each call fails with StoreUnavailable
+    without being sent. So a StoreUnavailable means "nothing was changed" by
+    the time this store does anything else; with nothing pending, every
+    operation is still one round trip.
     """
 
     def __init__(
@@ -136,6 +160,8 @@ class RedisStore:
         self._password = kwargs.get("password")
         self._clock: _Clock | None = None
         self._script = client.register_script(SCRIPT)
+        self._pending: list[str] = []  # ids of calls that failed with StoreUnavailable, oldest first
+        self._pending_lock = threading.Lock()
 
     @classmethod
     def from_url(cls, url: str, *, timeout: float = 5.0) -> RedisStore:
@@ -189,10 +215,10 @@ class RedisStore:
         if isinstance(target, ExactSubnet):
             subnet = target.subnet
             share = ["1", share_label] if share_label is not None else ["0", ""]
-            reply = self._call("open_exact", subnet.version, _bits(subnet), scope, block_json, pool_json, *share)
+            reply = self._change("open_exact", subnet.version, _bits(subnet), scope, block_json, pool_json, *share)
         else:
             parents = [part for parent in target.parents for part in (parent.version, _bits(parent))]
-            reply = self._call("open_any", scope, block_json, pool_json, target.prefixlen, *parents)
+            reply = self._change("open_any", scope, block_json, pool_json, target.prefixlen, *parents)
         status = reply[0]
         if status == "granted":
             _, family, bits, held_json, existing_json, created = reply
@@ -204,7 +230,7 @@ class RedisStore:
         return Exhausted()
 
     def close_pool(self, subnet: Network, scope: str) -> ClosedPool | None:
-        reply = self._call("close", subnet.version, _bits(subnet), scope)
+        reply = self._change("close", subnet.version, _bits(subnet), scope)
         if reply[0] == "absent":
             return None
         _, pool_json, block_json, freed = reply
@@ -220,7 +246,7 @@ class RedisStore:
     def claim_address(self, subnet: Network, scope: str, address: Address, note: str = "") -> bool:
         """See ``Store.claim_address``; an address outside ``subnet`` raises ValueError."""
         rel = _rel_bits(subnet, address)
-        reply = self._call("claim", subnet.version, _bits(subnet), scope, rel, _address_json(note))
+        reply = self._change("claim", subnet.version, _bits(subnet), scope, rel, _address_json(note))
         return _known(reply, subnet, scope) == "claimed"
 
     def claim_next_address(
@@ -228,7 +254,7 @@ class RedisStore:
     ) -> Address | None:
         bounds = _clamp(subnet, first, last)
         low, high = bounds if bounds is not None else ("-", "-")
-        reply = self._call(
+        reply = self._change(
             "claim_next", subnet.version, _bits(subnet), scope, low, high, int(serial), _address_json(note)
         )
         if _known(reply, subnet, scope) != "claimed":
@@ -238,11 +264,12 @@ class RedisStore:
     def release_address(self, subnet: Network, scope: str, address: Address) -> bool:
         """See ``Store.release_address``; an address outside ``subnet`` raises ValueError."""
         rel = _rel_bits(subnet, address)
-        reply = self._call("release", subnet.version, _bits(subnet), scope, rel)
+        reply = self._change("release", subnet.version, _bits(subnet), scope, rel)
         return _known(reply, subnet, scope) == "released"
 
     def blocks(self) -> list[Block]:
         """Every block, read with SCAN and MGET: a listing, not a hot path."""
+        self._settle()
         with self._reaching():
             cidrs = self._scan("slot")
             values = self._client.mget([f"{self._keys}slot:{cidr}" for cidr in cidrs]) if cidrs else []
@@ -254,6 +281,7 @@ class RedisStore:
 
     def pools(self) -> list[PoolInfo]:
         """Every pool, read with SCAN and one pipeline of HGETALL and GET: a listing, not a hot path."""
+        self._settle()
         with self._reaching():
             cidrs = self._scan("pools")
             pipe = self._client.pipeline(transaction=False)
@@ -283,6 +311,7 @@ class RedisStore:
 
     def ping(self) -> None:
         """One PING round trip; StoreUnavailable when Redis does not answer in time."""
+        self._settle()
         with self._reaching():
             self._client.ping()
 
@@ -291,10 +320,16 @@ class RedisStore:
         return str(reply[1])
 
     def close(self) -> None:
-        """Close the client and every connection of its pool."""
-        with self._reaching():
-            self._client.close()
-            self._client.connection_pool.disconnect()
+        """Abandon the calls that failed unanswered, then close the client and every connection of its pool.
+
+        The connections are closed even when an abandon fails; its error is raised afterwards.
+        """
+        try:
+            self._settle()
+        finally:
+            with self._reaching():
+                self._client.close()
+                self._client.connection_pool.disconnect()
 
     # -- talking to Redis -------------------------------------------------
 
@@ -304,25 +339,62 @@ class RedisStore:
         names = (_text(key) for key in self._client.scan_iter(match=f"{head}*", count=1000))
         return list(dict.fromkeys(name[len(head) :] for name in names))
 
-    def _call(self, op: str, *args: str | int) -> list[Any]:
+    def _change(self, op: str, *args: str | int) -> list[Any]:
+        """Run an operation that may change the map, under a fresh request id.
+
+        When it fails with StoreUnavailable without an answer, it may still have
+        run, or run later: its id is kept, to be abandoned before the next call.
+        """
+        request = _request_id()
+        try:
+            return self._call(op, *args, request=request)
+        except _Dropped:
+            raise  # the script answered that it did not run it
+        except StoreUnavailable:
+            with self._pending_lock:
+                self._pending.append(request)
+            raise
+
+    def _settle(self) -> None:
+        """Abandon every call that failed unanswered, oldest first: one script call each.
+
+        Costs nothing when none is pending. Raises (keeping the rest pending)
+        when an abandon fails, so no other call runs while Redis is still away.
+        """
+        if not self._pending:
+            return
+        with self._pending_lock:
+            while self._pending:
+                self._send("abandon", self._pending[0], (), deadline=False)
+                del self._pending[0]
+
+    def _call(self, op: str, *args: str | int, request: str = "") -> list[Any]:
         """Run one operation of the script: one EVALSHA (three commands after a NOSCRIPT).
 
+        Abandons the calls that failed unanswered first (see ``_settle``).
         Returns the reply after its server time, with every bulk string decoded
-        to ``str``. A call that reached the server after its deadline changed
-        nothing and raises StoreUnavailable, like one that timed out here.
+        to ``str``. A call that reached the server after its deadline, or after
+        its request was abandoned, changed nothing and raises StoreUnavailable,
+        like one that timed out here.
         """
+        self._settle()
+        return self._send(op, request, args)
+
+    def _send(self, op: str, request: str, args: Sequence[str | int], *, deadline: bool = True) -> list[Any]:
+        """One EVALSHA of the script; see ``_call``."""
         sent = time.monotonic()
+        limit = self._deadline(sent) if deadline else 0
         with self._reaching():
-            raw = self._script(keys=self._anchor, args=[op, self._keys, self._deadline(sent), *args])
+            raw = self._script(keys=self._anchor, args=[op, self._keys, limit, request, *args])
         received = time.monotonic()
         if not isinstance(raw, list) or len(raw) < 2:
             raise CorruptState(f"unexpected reply {raw!r} from the mini-ipam script on {self._where}")
         stamp, *reply = [_text(item) if isinstance(item, bytes) else item for item in raw]
         self._observe(int(stamp), sent, received)
         if reply[0] == "expired":
-            raise StoreUnavailable(
+            raise _Dropped(
                 f"redis at {self._where} did not answer within {self._timeout}s "
-                "(the request reached it too late and was dropped)"
+                "(the request reached it too late, or after it was abandoned, and was dropped)"
             )
         return reply
 

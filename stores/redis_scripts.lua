@@ -24,7 +24,10 @@ Calling convention (EVALSHA sha 1 KEYS[1] ARGV...)
            no longer waits for the reply, or "0" for none. A call that reaches
            the server later (say, a paused server resumed) changes nothing and
            replies {now, "expired"}, so a caller's timeout means "nothing changed".
-  ARGV[4…] the operation's arguments, listed above each operation
+  ARGV[4]  request id: a random name the caller gives every call that changes the
+           map (open_exact, open_any, close, claim, claim_next, release), or "" for
+           none. See "Abandoned requests" below.
+  ARGV[5…] the operation's arguments, listed above each operation
 
 Every reply is an array: the server time (Unix microseconds, as a string), then
 a status word, then the operation's values. The time lets the caller track the
@@ -45,9 +48,26 @@ ipaddress writes it)
   P.."addrs:"..<cidr>..":"..scope   hash   address text -> JSON {"since"}
   P.."atree:"..<cidr>..":"..scope   hash   the pool's address tree (rel bit strings),
                                            plus "cursor" = rel bits of the last serial claim
+  P.."req:"..id                string "abandoned", or JSON: how to undo the request's change;
+                                      EX 3600 (see "Abandoned requests")
 
 State that breaks the invariants is reported as an error reply starting with
 "CORRUPT", always before anything was written.
+
+Abandoned requests
+  A deadline cannot cover a call that ran in time but whose reply was delayed
+  (the server stalled right after it) or lost (the server died before writing
+  it): the caller's timeout would then hide a change. So a call with a request
+  id that changes the map also writes, in the same atomic step,
+      P.."req:"..id   string  JSON: how to undo it, EX 3600
+  ({"undo":"close",family,bits,scope,pool} for a pool it opened,
+   {"undo":"release",family,bits,scope,rel,address} for an address it claimed).
+  A caller that timed out later runs "abandon" with the id: it undoes the change
+  if it landed and the claim is still the one it made, and in every case leaves
+  P.."req:"..id = "abandoned" (EX 3600). A call that finds its id already
+  abandoned (the abandon overtook it) changes nothing and replies
+  {now, "expired"}, like a late one. Releases (close, release) record no undo
+  but honour the marker too.
 --]]
 
 local CLAIMED = 'c'
@@ -468,6 +488,79 @@ function ops.setting(P, a)
 end
 
 -- ---------------------------------------------------------------------------
+-- Abandoned requests
+-- ---------------------------------------------------------------------------
+
+local ABANDONED = 'abandoned'
+local REQUEST_TTL = 3600 -- seconds; far beyond any deadline
+
+-- A pool's JSON without its trailing "cursor" member, which serial claims rewrite.
+local function pool_head(json)
+  return string.match(json, '^(.*),"cursor":[^,]*}$') or json
+end
+
+-- How to undo a call that changed the map, from its arguments and reply; nil
+-- when it changed nothing.
+local undo_of = {}
+
+function undo_of.open_exact(a, reply)
+  if reply[1] == 'granted' and reply[6] == 1 then
+    return { undo = 'close', family = reply[2], bits = reply[3], scope = a[3], pool = reply[5] }
+  end
+end
+
+function undo_of.open_any(a, reply)
+  if reply[1] == 'granted' and reply[6] == 1 then
+    return { undo = 'close', family = reply[2], bits = reply[3], scope = a[1], pool = reply[5] }
+  end
+end
+
+function undo_of.claim(a, reply)
+  if reply[1] == 'claimed' then
+    return { undo = 'release', family = a[1], bits = a[2], scope = a[3], rel = reply[2], address = a[5] }
+  end
+end
+
+function undo_of.claim_next(a, reply)
+  if reply[1] == 'claimed' then
+    return { undo = 'release', family = a[1], bits = a[2], scope = a[3], rel = reply[2], address = a[7] }
+  end
+end
+
+-- The operations that take a request id and honour its "abandoned" marker.
+local MUTATING = { open_exact = true, open_any = true, close = true, claim = true, claim_next = true, release = true }
+
+-- Arguments: none (the request id is ARGV[4])
+-- Reply after the time: {"undone"} | {"abandoned"}
+-- Undoes the request's change if it landed and the pool or address is still the
+-- one it created (not since closed and claimed anew); then marks it abandoned.
+function ops.abandon(P, _, id)
+  local key = P .. 'req:' .. id
+  local record = redis.call('GET', key)
+  local status = 'abandoned'
+  if record and record ~= ABANDONED then
+    local u = cjson.decode(record)
+    local pools, addrs = pool_keys(P, u.family, u.bits, u.scope)
+    local pool = redis.call('HGET', pools, u.scope)
+    if pool and u.undo == 'close' and pool_head(pool) == pool_head(u.pool) then
+      local reply = ops.close(P, { u.family, u.bits, u.scope })
+      if reply.err then
+        return reply
+      end
+      status = 'undone'
+    elseif pool and u.undo == 'release' then
+      local text = address_text(u.family, u.bits .. u.rel)
+      if redis.call('HGET', addrs, text) == u.address then
+        ops.release(P, { u.family, u.bits, u.scope, u.rel })
+        status = 'undone'
+      end
+    end
+  end
+  redis.call('SET', key, ABANDONED, 'EX', REQUEST_TTL)
+  return { status }
+end
+
+-- ---------------------------------------------------------------------------
 -- Dispatch
 -- ---------------------------------------------------------------------------
 
@@ -482,9 +575,21 @@ if deadline > 0 and tonumber(stamp) > deadline then
   -- The caller has given up waiting: running now would change the map behind its back.
   return { stamp, 'expired' }
 end
-local reply = op(ARGV[2], { unpack(ARGV, 4) })
+local P, id, args = ARGV[2], ARGV[4], { unpack(ARGV, 5) }
+if MUTATING[ARGV[1]] and id ~= '' and redis.call('EXISTS', P .. 'req:' .. id) == 1 then
+  -- Abandoned by the caller before it got here: running now would change the map behind its back.
+  return { stamp, 'expired' }
+end
+local reply = op(P, args, id)
 if reply.err then
   return reply
+end
+local undo = undo_of[ARGV[1]]
+if undo and id ~= '' then
+  local record = undo(args, reply)
+  if record then
+    redis.call('SET', P .. 'req:' .. id, cjson.encode(record), 'EX', REQUEST_TTL)
+  end
 end
 table.insert(reply, 1, stamp)
 return reply

@@ -15,6 +15,7 @@ import os
 import signal
 import ssl
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -235,7 +236,7 @@ def test_claims_are_readable_with_redis_cli(store_factory: Callable[[], stores.S
     info = loads(client.hget(f"{keys}pools:10.1.2.0/28", "s"))
     assert info == {"owner": "host-a", "since": pool.since, "cursor": "10.1.2.1"}
 
-    names = sorted(text(key) for key in client.scan_iter(match=f"{keys}*"))
+    names = sorted(text(key) for key in client.scan_iter(match=f"{keys}*") if b":req:" not in key)
     assert names == sorted(
         f"{keys}{name}"
         for name in [
@@ -249,10 +250,15 @@ def test_claims_are_readable_with_redis_cli(store_factory: Callable[[], stores.S
             "atree:10.1.2.0/28:s",
         ]
     )
-    # Closing the last pools leaves nothing behind.
+    # Each of the four claims left how to undo it, for an hour, in case its reply had been lost.
+    requests = [key for key in client.scan_iter(match=f"{keys}req:*")]
+    undo = sorted((record["undo"], record["scope"]) for record in (loads(client.get(key)) for key in requests))
+    assert undo == [("close", "g"), ("close", "s"), ("release", "s"), ("release", "s")]
+    assert all(0 < client.ttl(key) <= 3600 for key in requests)
+    # Closing the last pools leaves nothing behind but those expiring records.
     store.close_pool(pool.subnet, "s")
     store.close_pool(v6.pool.subnet, "g")
-    assert list(client.scan_iter(match=f"{keys}*")) == []
+    assert sorted(client.scan_iter(match=f"{keys}*")) == sorted(requests)
 
 
 @pytest.mark.redis
@@ -523,6 +529,199 @@ def test_a_killed_server_fails_fast_and_a_restarted_one_serves_again(own_server:
     assert store.setting("a", "c") == "c"
     assert granted(open_exact(store, "10.0.0.0/24")).created
     store.close()
+
+
+# -- a call that ran but whose reply was delayed or lost -------------------------
+
+BUSY_LOOP = """
+local t = redis.call('TIME')
+local start = t[1] * 1000000 + t[2]
+while true do
+  local n = redis.call('TIME')
+  if n[1] * 1000000 + n[2] - start > tonumber(ARGV[1]) then return 1 end
+end
+"""
+
+
+def stalled_right_after(server: RedisServer, action: Callable[[], object]) -> BaseException | None:
+    """Run ``action`` (a call of a store with a 1 s timeout) while Redis runs it in time, then stalls.
+
+    A 0.3 s busy script holds Redis when the call arrives; a 2 s one is queued
+    right behind it. Redis runs the call well within its deadline, then the 2 s
+    script, before it writes the call's reply: the store gives up after 1 s.
+    Returns what ``action`` raised, once Redis is free again.
+    """
+    holder, sleeper = server.client(), server.client()
+    holder.ping()
+    sleeper.ping()  # both connected: their commands reach Redis the moment they are sent
+    raised: list[BaseException | None] = [None]
+
+    def run() -> None:
+        try:
+            action()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            raised[0] = exc
+
+    hold = threading.Thread(target=holder.eval, args=(BUSY_LOOP, 0, 300_000))
+    hold.start()
+    time.sleep(0.05)
+    asking = threading.Thread(target=run)
+    asking.start()
+    time.sleep(0.1)
+    try:
+        sleeper.eval(BUSY_LOOP, 0, 2_000_000)
+    finally:
+        hold.join()
+        asking.join()
+        holder.close()
+        sleeper.close()
+    return raised[0]
+
+
+@pytest.mark.redis
+def test_a_pool_opened_in_time_whose_reply_stalled_is_undone_before_the_next_call(own_server: RedisServer) -> None:
+    store = RedisStore.from_url(own_server.url, timeout=1.0)
+    raw = own_server.client()
+    try:
+        store.setting("warm", "up")  # connected, and the server's clock is known: the call has a deadline
+        raised = stalled_right_after(own_server, lambda: open_exact(store, "10.0.7.0/24"))
+        assert isinstance(raised, StoreUnavailable), raised
+        assert raw.exists("{mini-ipam}:slot:10.0.7.0/24") == 1  # it did land: the case this is about
+        assert store.blocks() == []  # abandoned (and so undone) before the listing ran
+        assert raw.get("{mini-ipam}:slot:10.0.7.0/24") is None and raw.hgetall("{mini-ipam}:tree:4") == {}
+        assert [text(raw.get(key)) for key in raw.scan_iter(match="{mini-ipam}:req:*")] == ["abandoned"]
+        assert granted(open_exact(store, "10.0.7.0/24")).created
+    finally:
+        raw.close()
+        store.close()
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("how", ["claim_address", "claim_next_address"])
+def test_an_address_claimed_in_time_whose_reply_stalled_is_undone_before_the_next_call(
+    own_server: RedisServer, how: str
+) -> None:
+    store = RedisStore.from_url(own_server.url, timeout=1.0)
+    subnet = granted(open_exact(store, "10.0.0.0/24")).pool.subnet
+    first, last = ip("10.0.0.1"), ip("10.0.0.254")
+    claims: dict[str, Callable[[], object]] = {
+        "claim_address": lambda: store.claim_address(subnet, "s", first),
+        "claim_next_address": lambda: store.claim_next_address(subnet, "s", first, last, True),
+    }
+    raw = own_server.client()
+    try:
+        raised = stalled_right_after(own_server, claims[how])
+        assert isinstance(raised, StoreUnavailable), raised
+        assert raw.hkeys("{mini-ipam}:addrs:10.0.0.0/24:s") == [b"10.0.0.1"]  # it did land
+        assert store.addresses(subnet, "s") == []  # abandoned (and so undone) first
+        assert b"c" not in raw.hvals("{mini-ipam}:atree:10.0.0.0/24:s")  # the serial cursor may stay
+        assert store.claim_address(subnet, "s", first)
+        assert [b.subnet for b in store.blocks()] == [subnet]
+    finally:
+        raw.close()
+        store.close()
+
+
+def losing_replies(store: RedisStore) -> Callable[[], None]:
+    """Make the store's script calls run but lose their replies; returns a function that undoes it."""
+    script = store._script
+
+    def lost(*args: Any, **kwargs: Any) -> Any:
+        script(*args, **kwargs)
+        raise redis.TimeoutError("the reply was lost")
+
+    store._script = lost  # type: ignore[assignment]
+    return lambda: setattr(store, "_script", script)
+
+
+def test_a_lost_reply_is_undone_before_any_later_call_and_waits_while_redis_is_away() -> None:
+    store = fake_store()
+    subnet = granted(open_exact(store, "10.0.0.0/24")).pool.subnet
+    restore = losing_replies(store)
+    for action in (
+        lambda: open_exact(store, "10.0.1.0/24"),
+        lambda: open_any(store, "10.0.0.0/16", 24),
+        lambda: store.claim_address(subnet, "s", ip("10.0.0.9")),
+        lambda: store.claim_next_address(subnet, "s", ip("10.0.0.1"), ip("10.0.0.254"), True),
+    ):
+        with pytest.raises(StoreUnavailable):
+            action()
+    restore()
+    assert len(store.client.keys("{test}:slot:*")) == 3 and len(store.client.hkeys("{test}:addrs:10.0.0.0/24:s")) == 2
+    assert len(store._pending) == 4
+
+    # While Redis is still away, a call fails without being sent, and the abandons stay pending.
+    def away(*args: Any, **kwargs: Any) -> Any:
+        raise redis.ConnectionError("connection refused")
+
+    store._script = away  # type: ignore[assignment]
+    with pytest.raises(StoreUnavailable, match="could not reach"):
+        store.pool(subnet, "s")
+    assert len(store._pending) == 4
+    restore()
+
+    assert store.pool(subnet, "s") is not None  # four abandons, then the call itself
+    assert store._pending == []
+    assert [b.subnet for b in store.blocks()] == [subnet] and store.addresses(subnet, "s") == []
+    assert store.claim_next_address(subnet, "s", ip("10.0.0.1"), ip("10.0.0.254"), True) == ip("10.0.0.1")
+
+
+def test_close_abandons_what_is_pending() -> None:
+    store = fake_store()
+    restore = losing_replies(store)
+    with pytest.raises(StoreUnavailable):
+        open_exact(store, "10.0.1.0/24")
+    restore()
+    store.close()
+    assert store.client.keys("{test}:slot:*") == [] and store._pending == []
+
+
+def test_a_request_abandoned_before_it_arrives_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    store = fake_store()
+    subnet = granted(open_exact(store, "10.0.0.0/24")).pool.subnet
+    assert store.claim_address(subnet, "s", ip("10.0.0.5"))
+    monkeypatch.setattr("stores.redis._request_id", lambda: "late")
+    assert store._send("abandon", "late", ()) == ["abandoned"]  # the abandon overtakes the request
+    for action in (
+        lambda: open_exact(store, "10.0.1.0/24"),
+        lambda: open_any(store, "10.0.0.0/16", 24),
+        lambda: store.claim_address(subnet, "s", ip("10.0.0.9")),
+        lambda: store.claim_next_address(subnet, "s", ip("10.0.0.1"), ip("10.0.0.254"), True),
+        lambda: store.release_address(subnet, "s", ip("10.0.0.5")),  # a late release must not run either
+        lambda: store.close_pool(subnet, "s"),
+    ):
+        with pytest.raises(StoreUnavailable, match="abandoned"):
+            action()
+    assert store._pending == []  # the script answered that it did not run them: nothing to abandon
+    assert store.client.get("{test}:req:late") == b"abandoned"
+    assert [b.subnet for b in store.blocks()] == [subnet] and store.addresses(subnet, "s") == [ip("10.0.0.5")]
+
+
+def test_an_abandon_undoes_only_the_claim_its_request_made(monkeypatch: pytest.MonkeyPatch) -> None:
+    store = fake_store()
+    ids = iter(["pool", "addr", "x1", "x2", "x3", "x4"])
+    monkeypatch.setattr("stores.redis._request_id", lambda: next(ids))
+    subnet = granted(open_exact(store, "10.0.0.0/24")).pool.subnet  # request "pool"
+    assert store.claim_address(subnet, "s", ip("10.0.0.5"))  # request "addr"
+    assert store.release_address(subnet, "s", ip("10.0.0.5"))
+    assert store.claim_address(subnet, "s", ip("10.0.0.5"), note="someone else's")
+    assert store.close_pool(subnet, "s") is not None
+    again = granted(open_exact(store, "10.0.0.0/24")).pool  # another claim of the same pool
+    assert store._send("abandon", "addr", ()) == ["abandoned"]  # its address went and came back: not its own
+    assert store._send("abandon", "pool", ()) == ["abandoned"]  # its pool went and came back: not its own
+    assert store.pool(subnet, "s") == again
+    assert store._send("abandon", "pool", ()) == ["abandoned"]  # and abandoning is idempotent
+    assert store.client.get("{test}:req:pool") == b"abandoned"
+
+
+def test_an_abandon_of_a_shared_pool_leaves_the_block_to_its_other_pools(monkeypatch: pytest.MonkeyPatch) -> None:
+    store = fake_store()
+    monkeypatch.setattr("stores.redis._request_id", lambda: "joined")
+    first = store.open_pool(ExactSubnet(net("10.0.0.0/24")), scope="a", label="g", owner="h", share_label="g")
+    joined = store.open_pool(ExactSubnet(net("10.0.0.0/24")), scope="b", label="g", owner="h", share_label="g")
+    assert granted(first).created and granted(joined).created
+    assert store._send("abandon", "joined", ()) == ["undone"]
+    assert [(p.subnet, p.scope) for p in store.pools()] == [(net("10.0.0.0/24"), "a")]
 
 
 # -- canonical text written by Lua ---------------------------------------------

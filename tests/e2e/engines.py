@@ -29,7 +29,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -83,6 +83,26 @@ def pids_mentioning(text: str) -> list[int]:
         except OSError:
             continue  # the process exited while we looked
         if text in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def pids_rooted_in(directory: Path) -> list[int]:
+    """Pids of processes whose root directory lies under ``directory``.
+
+    A managed plugin runs chrooted in its engine's data root and its command line names
+    nothing of ours; once its shim is gone, this is how it is found.
+    """
+    prefix = f"{directory}/"
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            root = os.readlink(entry / "root")
+        except OSError:
+            continue  # exited, or a kernel thread
+        if root.startswith(prefix):
             found.append(int(entry.name))
     return found
 
@@ -340,13 +360,28 @@ class Driver:
 class Engine:
     """A dockerd of our own, in its own network and mount namespace.
 
-    ``directory`` holds everything: ``docker.sock``, ``root`` (data root, vfs),
+    ``directory`` holds everything: ``docker.sock``, ``root`` (data root; vfs unless told otherwise),
     ``exec`` (exec root, containerd), ``plugins`` (its /run/docker/plugins),
     ``dockerd.pid`` and ``dockerd.log``.
     """
 
-    def __init__(self, name: str, directory: Path, namespace: Namespace) -> None:
+    def __init__(
+        self,
+        name: str,
+        directory: Path,
+        namespace: Namespace,
+        *,
+        daemon_config: Mapping[str, Any] | None = None,
+        daemon_env: Mapping[str, str] | None = None,
+        storage_driver: str = "vfs",
+    ) -> None:
+        """``daemon_config`` adds keys to the engine's daemon.json, ``daemon_env`` to dockerd's environment.
+
+        ``storage_driver``: vfs works on any file system; overlay2 builds images much faster where
+        the kernel and the file system allow it.
+        """
         self.name = name
+        self.storage_driver = storage_driver
         self.directory = directory
         self.namespace = namespace
         self.plugins = directory / "plugins"
@@ -357,7 +392,9 @@ class Engine:
             (directory / sub).mkdir(parents=True, exist_ok=True)
         # Our own daemon.json: a user's /etc/docker/daemon.json must not configure our engine, and
         # dockerd 20.10 would otherwise create its trust key in the shared /etc/docker/key.json.
-        (directory / "daemon.json").write_text(json.dumps({"deprecated-key-path": str(directory / "key.json")}))
+        config = {"deprecated-key-path": str(directory / "key.json"), **(daemon_config or {})}
+        (directory / "daemon.json").write_text(json.dumps(config))
+        self.daemon_env = dict(daemon_env or {})
         self.env = {k: v for k, v in os.environ.items() if k not in _FOREIGN_DOCKER_ENV}
         self.env["DOCKER_CONFIG"] = str(directory / "cli")  # nor may ~/.docker (contexts, auth)
 
@@ -381,7 +418,7 @@ class Engine:
                 f" --data-root={d}/root --exec-root={d}/exec"
                 # vfs works on any file system; no default bridge (tests name their networks);
                 # a short shutdown so that restarts with running containers take ~1 s, not 10.
-                " --storage-driver=vfs --bridge=none --shutdown-timeout=1",
+                f" --storage-driver={self.storage_driver} --bridge=none --shutdown-timeout=1",
             ]
         )
 
@@ -405,6 +442,7 @@ class Engine:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                env={**os.environ, **self.daemon_env},
             )
 
     def answers(self) -> bool:
@@ -527,6 +565,9 @@ class Engine:
         self.stop()
         # containerd and shims of a killed dockerd: found by our unique directory, killed by pid.
         for pid in pids_mentioning(str(self.directory)):
+            kill_pid(pid)
+        # Managed plugins of a killed dockerd: chrooted in our data root.
+        for pid in pids_rooted_in(self.directory):
             kill_pid(pid)
 
 
