@@ -158,7 +158,7 @@ class Allocator:
 
     def release_pool(self, pool_id: PoolId) -> None:
         """Release a pool and every address in it."""
-        with _store_errors():
+        with _store_errors(release=True):
             closed = self.store.close_pool(pool_id.subnet, self._scope(pool_id.space))
         if closed is None:
             raise PoolNotFound(f"pool {pool_id} is not held by {self.settings.host_id}")
@@ -202,7 +202,7 @@ class Allocator:
     def release_address(self, pool_id: PoolId, address: Address) -> None:
         """Release an address of a pool."""
         self._check_address(pool_id.subnet, address)
-        with _store_errors(), _pool_known(pool_id):
+        with _store_errors(release=True), _pool_known(pool_id):
             released = self.store.release_address(pool_id.subnet, self._scope(pool_id.space), address)
         if not released:
             raise AddressNotFound(f"address {address} is not allocated in pool {pool_id}")
@@ -252,11 +252,18 @@ def _describe(holder: Block) -> str:
 
 
 @contextmanager
-def _store_errors() -> Iterator[None]:
-    """Turn a store failure into a clear, retryable refusal."""
+def _store_errors(release: bool = False) -> Iterator[None]:
+    """Turn a store failure into a clear, retryable refusal.
+
+    A claim that failed changed nothing (a networked store undoes one that reached it
+    too late); a release may have happened before the answer was lost, and is safe to
+    send again.
+    """
     try:
         yield
     except stores.StoreError as exc:
+        if release:
+            raise StoreFailed(f"the address store failed; the release may or may not have happened: {exc}") from exc
         raise StoreFailed(f"the address store failed, nothing was changed: {exc}") from exc
 
 

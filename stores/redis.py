@@ -162,6 +162,7 @@ class RedisStore:
         self._script = client.register_script(SCRIPT)
         self._pending: list[str] = []  # ids of calls that failed with StoreUnavailable, oldest first
         self._pending_lock = threading.Lock()
+        self._settle_failed: StoreError | None = None  # why the last abandon failed; None after a success
 
     @classmethod
     def from_url(cls, url: str, *, timeout: float = 5.0) -> RedisStore:
@@ -360,13 +361,29 @@ class RedisStore:
 
         Costs nothing when none is pending. Raises (keeping the rest pending)
         when an abandon fails, so no other call runs while Redis is still away.
+        A call that finds another thread abandoning waits for it (at most the
+        timeout), and fails at once when that attempt failed: it does not try
+        again, so no answer takes more than about one timeout.
         """
         if not self._pending:
             return
-        with self._pending_lock:
+        waited = not self._pending_lock.acquire(blocking=False)
+        if waited and not self._pending_lock.acquire(timeout=self._timeout if self._timeout is not None else -1):
+            raise StoreUnavailable(f"redis at {self._where} did not answer within {self._timeout}s")
+        try:
+            if waited and self._pending and self._settle_failed is not None:
+                failed = self._settle_failed
+                raise StoreUnavailable(f"redis at {self._where} is still away: {failed}") from failed
             while self._pending:
-                self._send("abandon", self._pending[0], (), deadline=False)
+                try:
+                    self._send("abandon", self._pending[0], (), deadline=False)
+                except StoreError as exc:
+                    self._settle_failed = exc
+                    raise
                 del self._pending[0]
+            self._settle_failed = None
+        finally:
+            self._pending_lock.release()
 
     def _call(self, op: str, *args: str | int, request: str = "") -> list[Any]:
         """Run one operation of the script: one EVALSHA (three commands after a NOSCRIPT).

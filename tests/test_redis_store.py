@@ -637,33 +637,76 @@ def losing_replies(store: RedisStore) -> Callable[[], None]:
 def test_a_lost_reply_is_undone_before_any_later_call_and_waits_while_redis_is_away() -> None:
     store = fake_store()
     subnet = granted(open_exact(store, "10.0.0.0/24")).pool.subnet
-    restore = losing_replies(store)
-    for action in (
-        lambda: open_exact(store, "10.0.1.0/24"),
-        lambda: open_any(store, "10.0.0.0/16", 24),
-        lambda: store.claim_address(subnet, "s", ip("10.0.0.9")),
-        lambda: store.claim_next_address(subnet, "s", ip("10.0.0.1"), ip("10.0.0.254"), True),
-    ):
-        with pytest.raises(StoreUnavailable):
-            action()
-    restore()
-    assert len(store.client.keys("{test}:slot:*")) == 3 and len(store.client.hkeys("{test}:addrs:10.0.0.0/24:s")) == 2
-    assert len(store._pending) == 4
 
-    # While Redis is still away, a call fails without being sent, and the abandons stay pending.
+    def held() -> tuple[int, int]:
+        return len(store.client.keys("{test}:slot:*")), len(store.client.hkeys("{test}:addrs:10.0.0.0/24:s"))
+
     def away(*args: Any, **kwargs: Any) -> Any:
         raise redis.ConnectionError("connection refused")
 
-    store._script = away  # type: ignore[assignment]
-    with pytest.raises(StoreUnavailable, match="could not reach"):
-        store.pool(subnet, "s")
-    assert len(store._pending) == 4
-    restore()
+    for action, landed in (
+        (lambda: open_exact(store, "10.0.1.0/24"), (2, 0)),
+        (lambda: open_any(store, "10.0.0.0/16", 24), (2, 0)),
+        (lambda: store.claim_address(subnet, "s", ip("10.0.0.9")), (1, 1)),
+        (lambda: store.claim_next_address(subnet, "s", ip("10.0.0.1"), ip("10.0.0.254"), True), (1, 1)),
+    ):
+        restore = losing_replies(store)
+        with pytest.raises(StoreUnavailable):
+            action()
+        restore()
+        assert held() == landed and len(store._pending) == 1
+        # While Redis is still away, a call fails without being sent, and the abandon stays pending.
+        store._script = away  # type: ignore[assignment]
+        with pytest.raises(StoreUnavailable, match="could not reach"):
+            store.pool(subnet, "s")
+        assert len(store._pending) == 1
+        restore()
+        assert store.pool(subnet, "s") is not None  # the abandon, then the call itself
+        assert store._pending == [] and held() == (1, 0)
+    assert store.claim_next_address(subnet, "s", ip("10.0.0.1"), ip("10.0.0.254"), False) == ip("10.0.0.1")
 
-    assert store.pool(subnet, "s") is not None  # four abandons, then the call itself
-    assert store._pending == []
-    assert [b.subnet for b in store.blocks()] == [subnet] and store.addresses(subnet, "s") == []
-    assert store.claim_next_address(subnet, "s", ip("10.0.0.1"), ip("10.0.0.254"), True) == ip("10.0.0.1")
+
+def test_an_abandon_whose_own_reply_is_lost_stays_pending_and_is_repeated() -> None:
+    store = fake_store()
+    restore = losing_replies(store)
+    with pytest.raises(StoreUnavailable):
+        open_exact(store, "10.0.1.0/24")
+    with pytest.raises(StoreUnavailable):
+        store.blocks()  # the abandon ran (and undid the pool) but its reply was lost too
+    restore()
+    assert store.client.keys("{test}:slot:*") == [] and len(store._pending) == 1
+    assert store.blocks() == [] and store._pending == []  # repeated harmlessly
+
+
+def test_calls_waiting_for_a_failing_abandon_fail_at_once_without_trying_again() -> None:
+    store = RedisStore(fakeredis.FakeRedis(), prefix="test", timeout=1.0)
+    restore = losing_replies(store)
+    with pytest.raises(StoreUnavailable):
+        open_exact(store, "10.0.1.0/24")
+    sent: list[float] = []
+
+    def slow_timeout(*args: Any, **kwargs: Any) -> Any:
+        sent.append(time.monotonic())
+        time.sleep(0.5)
+        raise redis.TimeoutError("timed out")
+
+    store._script = slow_timeout  # type: ignore[assignment]
+    took: list[float] = []
+
+    def call() -> None:
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            store.setting("a", "b")
+        took.append(time.monotonic() - started)
+
+    threads = [threading.Thread(target=call) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(sent) == 1 and max(took) < 0.9  # one abandon was tried; the others waited for it, not after it
+    restore()
+    assert store.blocks() == [] and store._pending == []
 
 
 def test_close_abandons_what_is_pending() -> None:
@@ -716,7 +759,8 @@ def test_an_abandon_undoes_only_the_claim_its_request_made(monkeypatch: pytest.M
 
 def test_an_abandon_of_a_shared_pool_leaves_the_block_to_its_other_pools(monkeypatch: pytest.MonkeyPatch) -> None:
     store = fake_store()
-    monkeypatch.setattr("stores.redis._request_id", lambda: "joined")
+    ids = iter(["first", "joined"])
+    monkeypatch.setattr("stores.redis._request_id", lambda: next(ids))
     first = store.open_pool(ExactSubnet(net("10.0.0.0/24")), scope="a", label="g", owner="h", share_label="g")
     joined = store.open_pool(ExactSubnet(net("10.0.0.0/24")), scope="b", label="g", owner="h", share_label="g")
     assert granted(first).created and granted(joined).created

@@ -51,7 +51,10 @@ def serve(args: argparse.Namespace) -> int:
     finally:
         if presence is not None:
             presence.stop()
-        store.close()
+        try:
+            store.close()
+        except stores.StoreError as exc:  # stopping must still succeed when the store is away
+            log.warning("the store did not close cleanly: %s", exc)
     return 0
 
 

@@ -1,0 +1,1 @@
+"""The hardening tier: hostile input, faults and crash safety, measured (issue 8)."""
