@@ -1,0 +1,172 @@
+"""Benchmark 1, the framework floor: what the driver costs per request over a bare Flask route.
+
+Four servers run side by side, each on its own Unix socket, all served by waitress with the driver's
+own settings (``mini_ipam.server.serve``: 8 threads):
+
+* ``driver/info``     mini-ipam, memory store, default log level (one INFO line per request, to a file);
+* ``driver/warning``  the same with ``--log-level warning``;
+* ``bare``            a one-route Flask app that reads the body and returns ``{"Data": {}}``;
+* ``raw``             canned bytes from a plain socket loop: the client's and kernel's own cost.
+
+One client thread on one keep-alive connection per server (``common.UnixClient``) sends, per pair,
+a RequestAddress and the ReleaseAddress of the address it got (the bare and raw servers get the same
+two bodies). The variants are interleaved round by round; a figure is the median over rounds of the
+per-round ratio of median pair times. Target: driver / bare <= 1.3 at both log levels.
+
+    python bench/framework_floor.py [--rounds 41] [--pairs 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from common import (
+    BENCH,
+    Driver,
+    Report,
+    UnixClient,
+    describe,
+    flatten,
+    interleave,
+    median,
+    request_address_body,
+    request_pool_body,
+    stop_pid,
+    temp_directory,
+    wait_until,
+)
+
+TARGET = 1.3
+
+
+def driver_batch(client: UnixClient, pool_id: str, pairs: int) -> Callable[[], list[float]]:
+    """A batch of RequestAddress + ReleaseAddress pairs through the driver; seconds per request."""
+    request = json.dumps(request_address_body(pool_id)).encode()
+    post = client.post
+    clock = time.perf_counter
+
+    def run() -> list[float]:
+        samples = []
+        for _ in range(pairs):
+            started = clock()
+            status, body = post("/IpamDriver.RequestAddress", request)
+            address = json.loads(body)["Address"].split("/")[0]
+            release = json.dumps({"PoolID": pool_id, "Address": address}).encode()
+            status2, _ = post("/IpamDriver.ReleaseAddress", release)
+            samples.append((clock() - started) / 2)
+            if status != 200 or status2 != 200:
+                raise RuntimeError(f"driver refused: {status} {body!r}")
+        return samples
+
+    return run
+
+
+def bare_batch(client: UnixClient, pool_id: str, pairs: int) -> Callable[[], list[float]]:
+    """The same two posts, with the same bodies and JSON handling, to a server that does no IPAM."""
+    request = json.dumps(request_address_body(pool_id)).encode()
+    post = client.post
+    clock = time.perf_counter
+
+    def run() -> list[float]:
+        samples = []
+        for _ in range(pairs):
+            started = clock()
+            status, body = post("/IpamDriver.RequestAddress", request)
+            json.loads(body)
+            release = json.dumps({"PoolID": pool_id, "Address": "10.0.0.2"}).encode()
+            status2, _ = post("/IpamDriver.ReleaseAddress", release)
+            samples.append((clock() - started) / 2)
+            if status != 200 or status2 != 200:
+                raise RuntimeError(f"baseline refused: {status}")
+        return samples
+
+    return run
+
+
+def start_baseline(directory: Path, name: str, *flags: str) -> subprocess.Popen[bytes]:
+    """Start ``bare_server.py`` on ``directory/name.sock`` and wait until it answers."""
+    from common import activates
+
+    socket_path = directory / f"{name}.sock"
+    log = (directory / f"{name}.log").open("ab")
+    process = subprocess.Popen(
+        [sys.executable, str(BENCH / "bare_server.py"), "--socket", str(socket_path), *flags],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    wait_until(lambda: activates(socket_path), 30, f"{name} server")
+    return process
+
+
+def main() -> None:
+    """Run the benchmark and write bench/results/framework_floor.json."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=41)
+    parser.add_argument("--pairs", type=int, default=100)
+    args = parser.parse_args()
+    report = Report("framework_floor", "driver per-request cost (RequestAddress+ReleaseAddress) vs a bare Flask route")
+    with temp_directory("floor") as directory:
+        info = Driver(directory / "info.sock", "memory://", "--pool", "10.0.0.0/16", log=directory / "info.log")
+        warning = Driver(
+            directory / "warning.sock",
+            "memory://",
+            "--pool",
+            "10.0.0.0/16",
+            "--log-level",
+            "warning",
+            log=directory / "warning.log",
+        )
+        baselines: list[subprocess.Popen[bytes]] = []
+        try:
+            info.start()
+            warning.start()
+            baselines.append(start_baseline(directory, "bare"))
+            baselines.append(start_baseline(directory, "raw", "--raw"))
+            clients = {name: UnixClient(directory / f"{name}.sock") for name in ("info", "warning", "bare", "raw")}
+            pools = {
+                name: clients[name].ok("IpamDriver.RequestPool", request_pool_body(24))["PoolID"]
+                for name in ("info", "warning")
+            }
+            variants = {
+                "driver/info": driver_batch(clients["info"], pools["info"], args.pairs),
+                "driver/warning": driver_batch(clients["warning"], pools["warning"], args.pairs),
+                "bare": bare_batch(clients["bare"], pools["info"], args.pairs),
+                "raw": bare_batch(clients["raw"], pools["info"], args.pairs),
+            }
+            for run in variants.values():  # warm up: imports, caches, first connections
+                run()
+            samples = interleave(variants, args.rounds)
+            info_lines = sum(1 for _ in (directory / "info.log").open())
+            warning_lines = sum(1 for _ in (directory / "warning.log").open())
+        finally:
+            info.stop()
+            warning.stop()
+            for process in baselines:
+                stop_pid(process)
+
+    print(f"per request, median of {args.rounds} interleaved rounds of {args.pairs} pairs (one client thread):")
+    for name, rounds in samples.items():
+        print(f"  {name:<16} {median([median(r) for r in rounds]) * 1e6:8.1f} us")
+    report.details = {
+        "rounds": args.rounds,
+        "pairs_per_round": args.pairs,
+        "per_request": {name: describe(flatten(rounds)) for name, rounds in samples.items()},
+        "log_lines": {"info": info_lines, "warning": warning_lines},
+        "client": "one thread, one keep-alive connection per server, raw-socket HTTP/1.1 (common.UnixClient)",
+    }
+    for level in ("info", "warning"):
+        name = f"framework floor: driver (log {level}) / bare Flask"
+        report.ratio(name, samples[f"driver/{level}"], samples["bare"], TARGET)
+    report.ratio("framework floor: bare Flask / raw socket (client floor)", samples["bare"], samples["raw"])
+    report.add("framework floor: raw socket round trip", median(flatten(samples["raw"])) * 1e6, "us")
+    report.save()
+
+
+if __name__ == "__main__":
+    main()
