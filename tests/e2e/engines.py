@@ -29,7 +29,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -87,23 +87,54 @@ def pids_mentioning(text: str) -> list[int]:
     return found
 
 
-def pids_rooted_in(directory: Path) -> list[int]:
-    """Pids of processes whose root directory lies under ``directory``.
+def pids_in_netns(namespace: Path) -> list[int]:
+    """Pids of processes in the network namespace mounted at ``namespace`` (as ``ip netns pids``).
 
-    A managed plugin runs chrooted in its engine's data root and its command line names
-    nothing of ours; once its shim is gone, this is how it is found.
+    Every process there is ours: an engine's dockerd, containerd and shims, and its managed
+    plugins (they run with the host network, i.e. the engine's). A plugin's command line names
+    nothing of ours and its root is a pivot_root'ed directory, so this is how it is found.
     """
-    prefix = f"{directory}/"
+    try:
+        target = os.stat(namespace)
+    except FileNotFoundError:
+        return []
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            root = os.readlink(entry / "root")
+            ns = os.stat(entry / "ns" / "net")
         except OSError:
             continue  # exited, or a kernel thread
-        if root.startswith(prefix):
+        if (ns.st_dev, ns.st_ino) == (target.st_dev, target.st_ino):
             found.append(int(entry.name))
+    return found
+
+
+def with_descendants(roots: Iterable[int]) -> list[int]:
+    """``roots`` and every process below them, found before anything is killed.
+
+    Killing a shim first would leave its container or plugin process running, re-parented
+    to init and no longer findable.
+    """
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])  # the command name may contain spaces
+        children.setdefault(parent, []).append(int(entry.name))
+    found: list[int] = []
+    pending = list(dict.fromkeys(roots))
+    while pending:
+        pid = pending.pop()
+        if pid in found or pid == os.getpid():
+            continue
+        found.append(pid)
+        pending.extend(children.get(pid, []))
     return found
 
 
@@ -563,11 +594,10 @@ class Engine:
             with contextlib.suppress(Exception):  # a broken engine must not keep the rest from cleaning up
                 self.wipe()
         self.stop()
-        # containerd and shims of a killed dockerd: found by our unique directory, killed by pid.
-        for pid in pids_mentioning(str(self.directory)):
-            kill_pid(pid)
-        # Managed plugins of a killed dockerd: chrooted in our data root.
-        for pid in pids_rooted_in(self.directory):
+        # containerd and shims of a killed dockerd (found by our unique directory), whatever else is
+        # left in the engine's network namespace (managed plugins), and all their children: by pid.
+        leftovers = [*pids_mentioning(str(self.directory)), *pids_in_netns(self.namespace.path)]
+        for pid in with_descendants(leftovers):
             kill_pid(pid)
 
 
