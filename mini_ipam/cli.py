@@ -275,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mini-ipam`` command."""
     args = build_parser().parse_args(argv)
+    if getattr(args, "host_id", None) == "":
+        args.host_id = socket.gethostname()  # MINI_IPAM_HOST_ID= (empty) means "this host's name"
     setup_logging(args.log_level, args.log_format, args.log_stream)
     from mini_ipam.commands import run
 

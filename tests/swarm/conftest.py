@@ -1,0 +1,326 @@
+"""Fixtures of the swarm tier: the plugin built once, swarms of our own engines, their stores.
+
+* ``base_tarball``: Debian bookworm + Python by debootstrap, cached in
+  ``/var/tmp/mini-ipam-swarm`` (``MINI_IPAM_SWARM_CACHE``) under a key made of the recipe
+  only; ``MINI_IPAM_DEBIAN_MIRROR`` picks the mirror. ~90 s the first time, then free.
+* ``plugin_build``: ``scripts/build-plugin.sh`` once per session on a builder engine.
+* ``two_node_swarm`` (a manager and a worker), ``three_manager_swarm`` and
+  ``file_swarm`` (one node, ``file://`` store): per module, torn down after it. The
+  function-scoped ``two_nodes``, ``three_managers`` and ``one_node`` empty the swarm
+  after each test and fail it when any claim is left in the store.
+
+Every engine is ours (own namespaces, socket, data root; see ``tests.e2e.engines``), every
+address is in 198.18.0.0/15, and everything is removed at the end, failed tests or not.
+Outside CI a machine that cannot do this (not root, a missing binary, no Debian mirror, an
+engine that will not start) skips the tier; with ``CI=true`` that is a failure.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import NoReturn
+
+import pytest
+
+import stores
+from stores.file import FileStore
+from tests.e2e.engines import BusyboxImage, Engine, EngineUnavailable, Lab, Namespace
+from tests.servers import RedisServer, require_binary
+from tests.swarm.cluster import (
+    DEFAULT_MIRROR,
+    STATE_MOUNT,
+    AddressMap,
+    Cluster,
+    Node,
+    PluginBuild,
+    debootstrap_base,
+    settle,
+)
+
+PREFIX = f"mini-swarm-{os.getpid()}"
+"""Names this run's namespaces: ``mini-swarm-<pid>-<cluster>-<node>``."""
+
+ROOT = Path(__file__).resolve().parents[2]
+CACHE = Path(os.environ.get("MINI_IPAM_SWARM_CACHE", "/var/tmp/mini-ipam-swarm"))
+MIRROR = os.environ.get("MINI_IPAM_DEBIAN_MIRROR", DEFAULT_MIRROR)
+
+TIMINGS: dict[str, float] = {}
+"""Seconds per set-up step, printed at the end of the run."""
+
+
+def unavailable(message: str) -> NoReturn:
+    """Skip, or under CI=true fail: the machine cannot run this tier (as in the e2e tier)."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print how long the swarm tier's set-up steps took."""
+    if TIMINGS:
+        terminalreporter.section("swarm tier set-up times")
+        for step, seconds in TIMINGS.items():
+            terminalreporter.write_line(f"{seconds:7.1f} s  {step}")
+
+
+class timed:
+    """``with timed("step"):`` records the step's wall time in TIMINGS."""
+
+    def __init__(self, step: str) -> None:
+        self.step = step
+
+    def __enter__(self) -> None:
+        self.started = time.monotonic()
+
+    def __exit__(self, *exc: object) -> None:
+        TIMINGS[self.step] = time.monotonic() - self.started
+
+
+# -- the machine and the plugin ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def swarm_machine() -> dict[str, str]:
+    """The tools the tier needs, by name; skipped (failed in CI) when one is missing."""
+    if os.geteuid() != 0:
+        unavailable("the swarm tier starts Docker engines in namespaces: it must run as root")
+    tools = ("dockerd", "docker", "ip", "nsenter", "unshare", "busybox", "debootstrap", "redis-server", "tar")
+    return {name: require_binary(name) for name in tools}
+
+
+@pytest.fixture(scope="session")
+def swarm_dir(swarm_machine: dict[str, str]) -> Iterator[Path]:
+    """A short temp directory for the whole tier (``MINI_E2E_KEEP=1`` keeps it for a post-mortem)."""
+    directory = Path(tempfile.mkdtemp(prefix=f"{PREFIX}-", dir="/tmp"))
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # a CI timeout still tears everything down
+    try:
+        yield directory
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if os.environ.get("MINI_E2E_KEEP"):
+            print(f"\nmini-ipam swarm tier: logs kept in {directory}")
+        else:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@pytest.fixture(scope="session")
+def base_tarball(swarm_machine: dict[str, str]) -> Path:
+    """The plugin image's base (Debian + Python), from the cache or debootstrap."""
+    with timed("debootstrap base image (cached after the first run)"):
+        try:
+            return debootstrap_base(CACHE, MIRROR)
+        except subprocess.CalledProcessError as exc:
+            unavailable(f"debootstrap from {MIRROR} failed, no base image for the plugin:\n{exc.stderr[-3000:]}")
+
+
+@pytest.fixture(scope="session")
+def plugin_build(swarm_dir: Path, base_tarball: Path) -> PluginBuild:
+    """The managed plugin, built once with scripts/build-plugin.sh on a throw-away engine."""
+    build = PluginBuild(swarm_dir / "plugin")
+    namespace = Namespace(f"{PREFIX}-builder")
+    # overlay2 where the kernel has it: the image build copies the 130 MB base per layer on vfs.
+    overlay = "overlay" in Path("/proc/filesystems").read_text().split()
+    builder = Engine("builder", swarm_dir / "builder", namespace, storage_driver="overlay2" if overlay else "vfs")
+    try:
+        try:
+            namespace.create()
+            builder.start()
+            builder.wait_ready()
+        except (EngineUnavailable, OSError, AssertionError) as exc:
+            unavailable(f"cannot start a Docker engine here: {exc}")
+        with timed("build the plugin (import base, build-plugin.sh, keep its store)"):
+            build.build(builder, base_tarball, ROOT / "scripts" / "build-plugin.sh")
+    finally:
+        builder.destroy()
+        namespace.delete()
+        shutil.rmtree(swarm_dir / "builder", ignore_errors=True)
+    for step, seconds in build.timings.items():
+        TIMINGS[f"  {step}"] = seconds
+    return build
+
+
+@pytest.fixture(scope="session")
+def swarm_image(swarm_machine: dict[str, str], swarm_dir: Path) -> BusyboxImage:
+    """The tasks' image (busybox), made once and loaded on every node."""
+    return BusyboxImage(swarm_machine["busybox"], swarm_dir / "image")
+
+
+# -- swarms -----------------------------------------------------------------------------------
+
+
+def _bring_up(
+    cluster: Cluster, plugin: PluginBuild, image: BusyboxImage, *, store: str, state: Callable[[Node], Path]
+) -> None:
+    """Install the plugin, start the engines, configure and enable the plugin, load the image.
+
+    Only an engine that cannot start skips (fails in CI); everything after that is the
+    plugin's or the swarm's business and errors the tests.
+    """
+    assert cluster.lab is not None
+    with ThreadPoolExecutor(len(cluster.nodes)) as pool:
+        list(pool.map(lambda node: plugin.install(node.engine), cluster.nodes))
+    try:
+        cluster.lab.create()
+        for node in cluster.nodes:
+            node.start(cluster.lab)
+        for node in cluster.nodes:
+            node.engine.wait_ready()
+    except (EngineUnavailable, OSError, AssertionError) as exc:
+        unavailable(f"cannot start a Docker engine here: {exc}")
+    with ThreadPoolExecutor(len(cluster.nodes)) as pool:
+        list(pool.map(lambda node: node.enable_plugin(store=store, state=state(node)), cluster.nodes))
+    image.install(cluster.nodes[0].engine)
+    with ThreadPoolExecutor(len(cluster.nodes)) as pool:
+        list(pool.map(image.install, [node.engine for node in cluster.nodes[1:]]))
+
+
+def _empty_after_test(cluster: Cluster) -> None:
+    """Remove what the test made; fail when the store still holds any claim afterwards.
+
+    A node a failed test left stopped is started again first: its node-local copies are
+    released only by its own engine.
+    """
+    stopped = [node for node in cluster.nodes if node.engine.process is None]
+    for node in stopped:
+        node.engine.start()
+    for node in stopped:
+        node.engine.wait_ready()
+    leader = cluster.leader()
+    assert leader is not None, "the swarm has no leader after the test"
+    cluster.clear(leader)
+
+    def empty() -> str | None:
+        snapshot = cluster.read_map()
+        return None if not snapshot.blocks and not snapshot.pools else str(snapshot)
+
+    settle(empty, timeout=60, what="the store to hold no claim once everything is removed")
+
+
+_pairs = itertools.count(1)
+
+REDIS_STORE = f"unix://{STATE_MOUNT}/redis.sock"
+"""The plugins' store: the Redis socket, which sits in the directory they mount as ``state``."""
+
+
+@contextmanager
+def _redis_cluster(
+    directory: Path, names: Sequence[str], tag: str, plugin: PluginBuild, image: BusyboxImage
+) -> Iterator[Cluster]:
+    """Nodes on one LAN whose plugins share one real Redis, up and ready for ``swarm init``."""
+    (directory / "redis").mkdir(parents=True)
+    redis = RedisServer(directory / "redis")
+    redis.start()
+    store = stores.from_url(redis.url)
+    cluster = Cluster(
+        [Node(name, directory / name, prefix=f"{PREFIX}-{tag}") for name in names],
+        read_map=lambda: AddressMap.read(store),
+        lab=Lab(f"{PREFIX}-{tag}-lan"),
+    )
+    try:
+        _bring_up(cluster, plugin, image, store=REDIS_STORE, state=lambda _: redis.directory)
+        yield cluster
+    finally:
+        try:
+            cluster.destroy()
+        finally:
+            store.close()
+            redis.stop()
+
+
+@pytest.fixture(scope="module")
+def two_node_swarm(
+    request: pytest.FixtureRequest, swarm_dir: Path, plugin_build: PluginBuild, swarm_image: BusyboxImage
+) -> Iterator[Cluster]:
+    """A manager (``m1``) and a worker (``w1``), their plugins on one real Redis; a new pair per module."""
+    module = request.module.__name__.rsplit(".", 1)[-1]
+    tag = f"p{next(_pairs)}"
+    started = time.monotonic()
+    with _redis_cluster(swarm_dir / f"pair-{module}", ("m1", "w1"), tag, plugin_build, swarm_image) as cluster:
+        manager, worker = cluster.nodes
+        cluster.init(manager)
+        cluster.join(worker, manager)
+        cluster.wait_ready(manager, ["m1", "w1"])
+        TIMINGS[f"two-node swarm for {module}: engines, plugin, image, swarm"] = time.monotonic() - started
+        yield cluster
+
+
+@pytest.fixture
+def two_nodes(two_node_swarm: Cluster) -> Iterator[Cluster]:
+    """The two-node swarm, emptied after the test; fails the test if a claim is left behind."""
+    yield two_node_swarm
+    _empty_after_test(two_node_swarm)
+
+
+@pytest.fixture(scope="module")
+def three_manager_swarm(swarm_dir: Path, plugin_build: PluginBuild, swarm_image: BusyboxImage) -> Iterator[Cluster]:
+    """Three managers (``m1`` leads first), their plugins on one real Redis."""
+    started = time.monotonic()
+    with _redis_cluster(swarm_dir / "trio", ("m1", "m2", "m3"), "t", plugin_build, swarm_image) as cluster:
+        first, *others = cluster.nodes
+        cluster.init(first)
+        for node in others:
+            cluster.join(node, first, manager=True)
+        cluster.wait_ready(first, ["m1", "m2", "m3"])
+        TIMINGS["three-manager swarm: engines, plugin, image, swarm"] = time.monotonic() - started
+        yield cluster
+
+
+@pytest.fixture
+def three_managers(three_manager_swarm: Cluster) -> Iterator[Cluster]:
+    """The three-manager swarm, emptied after the test; fails the test if a claim is left behind."""
+    yield three_manager_swarm
+    _empty_after_test(three_manager_swarm)
+
+
+FILE_STORE = f"file://{STATE_MOUNT}/state.json"
+"""The one-node plugin's store: a state file in its ``state`` mount (the config.json default)."""
+
+
+@pytest.fixture(scope="module")
+def file_swarm(swarm_dir: Path, plugin_build: PluginBuild, swarm_image: BusyboxImage) -> Iterator[Cluster]:
+    """A one-node swarm whose plugin keeps its claims in a state file (``file://``, no Redis).
+
+    The state file is read with ``FileStore(path, read_only=True)`` while the plugin runs.
+    """
+    directory = swarm_dir / "single"
+    state = directory / "state"
+    state.mkdir(parents=True)
+
+    def read_map() -> AddressMap:
+        store = FileStore(state / "state.json", read_only=True)
+        try:
+            return AddressMap.read(store)
+        finally:
+            store.close()
+
+    node = Node("s1", directory / "s1", prefix=f"{PREFIX}-f")
+    cluster = Cluster([node], read_map=read_map, lab=Lab(f"{PREFIX}-f-lan"))
+    try:
+        with timed("one-node file:// swarm: engine, plugin, image, swarm"):
+            _bring_up(cluster, plugin_build, swarm_image, store=FILE_STORE, state=lambda _: state)
+            cluster.init(node)
+            cluster.wait_ready(node, ["s1"])
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture
+def one_node(file_swarm: Cluster) -> Iterator[Cluster]:
+    """The one-node swarm, emptied after the test; fails the test if a claim is left in the state file."""
+    yield file_swarm
+    _empty_after_test(file_swarm)
