@@ -25,12 +25,11 @@ import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import NoReturn
 
 import pytest
 
 from tests.e2e.engines import BusyboxImage, Engine, EngineUnavailable, Host, Lab
-from tests.servers import RedisServer, require_binary
+from tests.servers import RedisServer, require_binary, unavailable
 
 PREFIX = f"mini-e2e-{os.getpid()}"
 """Names everything of this run: driver ``mini-e2e-<pid>``, namespaces ``mini-e2e-<pid>-<host>``."""
@@ -40,18 +39,6 @@ PARENT = ipaddress.IPv4Network("198.19.0.0/17")
 no route of this machine points there, and no address outside its namespaces can be hit."""
 
 CLUSTER_HOSTS = ("a", "b", "c")
-
-
-def in_ci() -> bool:
-    """Whether this is a CI run, where nothing may be skipped for want of an engine."""
-    return os.environ.get("CI", "").lower() == "true"
-
-
-def unavailable(message: str) -> NoReturn:
-    """Skip, or in CI fail: the machine cannot run this tier."""
-    if in_ci():
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
 
 
 @pytest.fixture(scope="session")

@@ -28,14 +28,13 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NoReturn
 
 import pytest
 
 import stores
 from stores.file import FileStore
 from tests.e2e.engines import BusyboxImage, Engine, EngineUnavailable, Lab, Namespace
-from tests.servers import RedisServer, require_binary
+from tests.servers import RedisServer, require_binary, unavailable
 from tests.swarm.cluster import (
     DEFAULT_MIRROR,
     STATE_MOUNT,
@@ -56,13 +55,6 @@ MIRROR = os.environ.get("MINI_IPAM_DEBIAN_MIRROR", DEFAULT_MIRROR)
 
 TIMINGS: dict[str, float] = {}
 """Seconds per set-up step, printed at the end of the run."""
-
-
-def unavailable(message: str) -> NoReturn:
-    """Skip, or under CI=true fail: the machine cannot run this tier (as in the e2e tier)."""
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
