@@ -12,7 +12,9 @@ operations, and owns every rule about them:
   re-requests (it replays everything when it starts) get the existing pool back;
 * addresses: never the IPv4 network or broadcast address (nor the IPv6
   subnet-router anycast address), never outside the pool, lowest free first or
-  round-robin when asked.
+  round-robin when asked;
+* shared pools (a global pool, or a node-local copy of one) serve one network,
+  whose gateway tells it apart: see ``_check_gateway`` and ``release_pool``.
 
 Every claim and release is one atomic Store operation, so concurrent requests,
 from one process or many hosts, can never hand out the same thing twice.
@@ -30,7 +32,7 @@ from datetime import UTC, datetime
 import stores
 from mini_ipam.errors import AddressNotFound, Conflict, Exhausted, InvalidRequest, PoolNotFound, StoreFailed
 from mini_ipam.pool_id import SMALLEST, PoolId
-from stores import Address, AnySubnet, Block, ExactSubnet, Granted, Network, Overlap, Store
+from stores import Address, AnySubnet, Block, ExactSubnet, Granted, Network, Overlap, PoolInfo, Store
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
@@ -157,9 +159,25 @@ class Allocator:
         return AllocatedPool(PoolId(request.space, subnet, ip_range), subnet)
 
     def release_pool(self, pool_id: PoolId) -> None:
-        """Release a pool and every address in it."""
+        """Release a pool and every address in it.
+
+        A shared pool whose gateway is still claimed is kept: its network is alive.
+        Docker releases a network's gateway before its pool; what sends a ReleasePool
+        with the gateway still claimed is the rollback of a second network that tried
+        to join the pool (its own gateway was refused), and that must not take the
+        first network's pool with it.
+        """
+        scope = self._scope(pool_id.space)
         with _store_errors(release=True):
-            closed = self.store.close_pool(pool_id.subnet, self._scope(pool_id.space))
+            pool = self.store.pool(pool_id.subnet, scope)
+            if pool is not None and _is_shared(pool_id, pool):
+                gateways = self._gateways(pool_id)
+                if gateways:
+                    raise Conflict(
+                        f"pool {pool_id} was not released: its gateway {_names(gateways)} is still claimed, "
+                        "so the network it belongs to still uses it (release the gateway first)"
+                    )
+            closed = self.store.close_pool(pool_id.subnet, scope)
         if closed is None:
             raise PoolNotFound(f"pool {pool_id} is not held by {self.settings.host_id}")
 
@@ -173,6 +191,10 @@ class Allocator:
         scope = self._scope(pool_id.space)
         if address is not None:
             self._check_address(subnet, address)
+        if gateway:
+            with _store_errors(), _pool_known(pool_id):
+                self._check_gateway(pool_id, address)
+        if address is not None:
             note = GATEWAY_NOTE if gateway else ""
             with _store_errors(), _pool_known(pool_id):
                 if not self.store.claim_address(subnet, scope, address, note) and not self._accepts_repeats(pool_id):
@@ -194,10 +216,41 @@ class Allocator:
         Global pools belong to the swarm allocator, which re-sends every address it
         made unique when it starts; node-local copies of them get the same replays.
         """
-        if pool_id.space == GLOBAL:
-            return True
+        return self._shared_pool(pool_id) is not None
+
+    def _shared_pool(self, pool_id: PoolId) -> PoolInfo | None:
+        """The pool if it is shared (see ``_is_shared``); UnknownPool when there is no such pool."""
         pool = self.store.pool(pool_id.subnet, self._scope(pool_id.space))
-        return pool is not None and pool.block.label == _label(GLOBAL, pool_id.ip_range)
+        if pool is None:
+            raise stores.UnknownPool(f"no pool {pool_id}")
+        return pool if _is_shared(pool_id, pool) else None
+
+    def _gateways(self, pool_id: PoolId) -> list[Address]:
+        claims = self.store.address_claims(pool_id.subnet, self._scope(pool_id.space))
+        return [claim.address for claim in claims if claim.note == GATEWAY_NOTE]
+
+    def _check_gateway(self, pool_id: PoolId, address: Address | None) -> None:
+        """Refuse a gateway that shows a second network trying to use a shared pool.
+
+        The protocol names no network, so a swarm network's replays and copies
+        (which may repeat a pool request) look like another network asking for the
+        same subnet, until the gateway: a replay or a copy always names the
+        network's own gateway, while a second network asks for a gateway of its own
+        (any free one, or a different address). A node-local copy never asks for
+        just any gateway, and a global pool has one gateway only.
+        """
+        pool = self._shared_pool(pool_id)
+        if pool is None:
+            return
+        held = self._gateways(pool_id)
+        copy = pool_id.space != GLOBAL
+        if (address is None and (copy or held)) or (address is not None and held and address not in held):
+            holder = pool.block
+            whose = f", whose gateway is {_names(held)}" if held else ""
+            raise Conflict(
+                f"subnet {pool_id.subnet} overlaps {_describe(holder)}{whose}: "
+                "it serves one swarm network, and another network cannot share it"
+            )
 
     def release_address(self, pool_id: PoolId, address: Address) -> None:
         """Release an address of a pool."""
@@ -222,6 +275,11 @@ class Allocator:
             raise InvalidRequest(f"address {address} is reserved in {subnet} (network or broadcast address)")
 
 
+def _is_shared(pool_id: PoolId, pool: PoolInfo) -> bool:
+    """Whether a pool may be requested more than once: a global pool, or a node's copy of one."""
+    return pool_id.space == GLOBAL or pool.block.label == _label(GLOBAL, pool_id.ip_range)
+
+
 def _usable_range(subnet: Network, ip_range: Network | None) -> tuple[Address, Address]:
     """First and last address that may be handed out, inside ``ip_range`` when given."""
     first: Address = subnet.network_address + 1
@@ -241,8 +299,8 @@ def _label(space: str, ip_range: Network | None) -> str:
     return space if ip_range is None else f"{space} {ip_range}"
 
 
-def _names(parents: Sequence[Network]) -> str:
-    return ", ".join(str(parent) for parent in parents)
+def _names(items: Sequence[Network | Address]) -> str:
+    return ", ".join(str(item) for item in items)
 
 
 def _describe(holder: Block) -> str:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from mini_ipam.allocator import GATEWAY_NOTE
-from mini_ipam.claims import ClaimBook, ClaimRefused
+from mini_ipam.claims import ClaimBook, ClaimRefused, HeldPool
 from mini_ipam.docker_engine import EngineSubnet
 
 
@@ -97,10 +97,10 @@ class Reconciler:
         if not apply:
             report.findings = leaked + missing
             return report
-        report.findings = self._release(leaked) + self._claim(missing, used)
+        report.findings = self._release(leaked, claims) + self._claim(missing, used)
         return report
 
-    def _release(self, leaked: Sequence[Finding]) -> list[Finding]:
+    def _release(self, leaked: Sequence[Finding], claims: dict[str, HeldPool]) -> list[Finding]:
         old = [f for f in leaked if (f.age_seconds or 0) >= self.grace]
         done = [_with(f, "kept (younger than the grace period)") for f in leaked if f not in old]
         if not old:
@@ -113,12 +113,20 @@ class Reconciler:
                 done.append(_with(finding, "kept (the engine uses it now)"))
                 continue
             try:
+                if finding.address is None:
+                    self._release_gateways(claims[finding.pool_id])
                 self.claims.release(finding.pool_id, finding.address)
             except ClaimRefused as exc:
                 done.append(_with(finding, f"failed: {exc}"))
             else:
                 done.append(_with(finding, "released"))
         return done
+
+    def _release_gateways(self, pool: HeldPool) -> None:
+        """Release a pool's gateway first, as Docker does: a shared pool is kept while its gateway is claimed."""
+        for address, (_, note) in sorted(pool.addresses.items()):
+            if note == GATEWAY_NOTE:
+                self.claims.release(pool.pool_id, address)
 
     def _claim(self, missing: Sequence[Finding], used: dict[str, EngineSubnet]) -> list[Finding]:
         done: list[Finding] = []

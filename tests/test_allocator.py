@@ -120,13 +120,72 @@ def test_node_local_copies_of_a_global_network(store_factory: Callable[[], Store
     # A plain local network can still never take that subnet.
     with pytest.raises(Conflict):
         worker.request_pool(local("10.40.0.0/25"))
-    # The manager deallocates the global network first; the copies keep the subnet claimed.
+    # The manager deallocates the global network first (gateway, then pool); the copies keep the subnet claimed.
+    manager.release_address(pool.pool_id, ip("10.40.0.1"))
     manager.release_pool(pool.pool_id)
     with pytest.raises(Conflict):
         worker.request_pool(local("10.40.0.128/25"))
-    worker.release_pool(PoolId.parse("local/10.40.0.0/24"))
-    manager.release_pool(PoolId.parse("local/10.40.0.0/24"))
+    for node in (worker, manager):
+        node.release_address(PoolId.parse("local/10.40.0.0/24"), ip("10.40.0.1"))
+        node.release_pool(PoolId.parse("local/10.40.0.0/24"))
     assert manager.request_pool(local("10.40.0.0/24")).subnet == net("10.40.0.0/24")
+
+
+def test_a_second_global_network_cannot_share_a_held_subnet(store_factory: Callable[[], Store]) -> None:
+    """The swarm allocator's replay and a second overlay with the same --subnet send the same RequestPool;
+    only the gateway tells them apart, and the second network's rollback leaves the first one's pool whole."""
+    manager = Allocator(store_factory(), settings("manager"))
+    first = manager.request_pool(glob("10.40.0.0/24"))
+    gateway = manager.request_address(first.pool_id, gateway=True, serial=True)
+    task = manager.request_address(first.pool_id, serial=True)
+    second = manager.request_pool(glob("10.40.0.0/24"))  # indistinguishable from a replay: granted
+    with pytest.raises(Conflict, match=r"overlaps 10.40.0.0/24, held in address space global by host manager .*"
+                       r"whose gateway is 10.40.0.1: it serves one swarm network"):  # fmt: skip
+        manager.request_address(second.pool_id, gateway=True, serial=True)
+    with pytest.raises(Conflict, match="whose gateway is 10.40.0.1"):
+        manager.request_address(second.pool_id, ip("10.40.0.9"), gateway=True)
+    # Swarm's rollback releases the pool it was granted: the first network's pool stays, whole.
+    with pytest.raises(Conflict, match=r"not released: its gateway 10.40.0.1 is still claimed"):
+        manager.release_pool(second.pool_id)
+    assert manager.store.addresses(net("10.40.0.0/24"), "global") == [gateway.ip, task.ip]
+    # A replay names the gateway it had: still granted.
+    assert manager.request_address(first.pool_id, gateway.ip, gateway=True) == gateway
+    # A network removed in Docker's order (gateway, then pool) is gone with all its addresses.
+    manager.release_address(first.pool_id, gateway.ip)
+    manager.release_pool(first.pool_id)
+    assert manager.store.blocks() == []
+
+
+def test_a_global_network_named_with_its_gateway_keeps_it(allocator: Allocator) -> None:
+    pool = allocator.request_pool(glob("10.40.0.0/24"))
+    assert str(allocator.request_address(pool.pool_id, ip("10.40.0.254"), gateway=True)) == "10.40.0.254/24"
+    with pytest.raises(Conflict, match="whose gateway is 10.40.0.254"):
+        allocator.request_address(pool.pool_id, gateway=True)
+
+
+def test_a_local_network_cannot_join_a_nodes_copy(store_factory: Callable[[], Store]) -> None:
+    """A bridge with --subnet <overlay subnet> asks for the copy's pool, then for a gateway of its own."""
+    manager = Allocator(store_factory(), settings("manager"))
+    worker = Allocator(store_factory(), settings("worker"))
+    pool = manager.request_pool(glob("10.40.0.0/24"))
+    manager.request_address(pool.pool_id, ip("10.40.0.1"), gateway=True)
+    copy = worker.request_pool(local("10.40.0.0/24"))
+    worker.request_address(copy.pool_id, ip("10.40.0.1"), gateway=True)
+    worker.request_address(copy.pool_id, ip("10.40.0.3"))
+    bridge = worker.request_pool(local("10.40.0.0/24"))  # the same request as the copy's after a crash
+    for address in (None, ip("10.40.0.7")):
+        with pytest.raises(Conflict, match="overlaps 10.40.0.0/24, held in address space global by host manager"):
+            worker.request_address(bridge.pool_id, address, gateway=True)
+    with pytest.raises(Conflict, match="not released"):
+        worker.release_pool(bridge.pool_id)
+    assert worker.store.addresses(net("10.40.0.0/24"), "local@worker") == [ip("10.40.0.1"), ip("10.40.0.3")]
+    # On a node without a copy the bridge's pool is the node's new copy, refused at its gateway, then released.
+    other = Allocator(store_factory(), settings("other"))
+    orphan = other.request_pool(local("10.40.0.0/24"))
+    with pytest.raises(Conflict, match="it serves one swarm network"):
+        other.request_address(orphan.pool_id, gateway=True)
+    other.release_pool(orphan.pool_id)
+    assert other.store.pool(net("10.40.0.0/24"), "local@other") is None
 
 
 def test_copies_need_the_same_ip_range(allocator: Allocator) -> None:

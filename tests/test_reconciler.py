@@ -137,3 +137,19 @@ def test_a_missing_claim_that_now_conflicts_is_reported_not_forced(
     assert "held in address space local by host other" in report.findings[0].action
     assert {p.owner for p in me.store.pools()} == {"other"}
     assert report.unresolved
+
+
+def test_a_leaked_copy_of_a_swarm_network_is_released_gateway_first(
+    store_factory: Callable[[], Store],
+) -> None:
+    """A node's copy outlived its engine's network (a crash): released the way Docker would."""
+    manager = Allocator(store_factory(), Settings(parents4=(net("10.61.0.0/24"),), host_id="manager"))
+    pool = manager.request_pool(PoolRequest(space="global", subnet=net("10.61.0.0/26")))
+    manager.request_address(pool.pool_id, ip("10.61.0.1"), gateway=True)
+    me = Allocator(store_factory(), Settings(parents4=(net("10.61.0.0/24"),), host_id="me"))
+    copy = me.request_pool(PoolRequest(space="local", subnet=net("10.61.0.0/26")))
+    me.request_address(copy.pool_id, ip("10.61.0.1"), gateway=True)
+    me.request_address(copy.pool_id, ip("10.61.0.2"))
+    report = Reconciler(StoreClaims(me), StandInEngine(), "mini", grace=0).run(apply=True)
+    assert [(f.kind, f.action) for f in report.findings] == [("leaked pool", "released")]
+    assert [(p.subnet, p.scope) for p in me.store.pools()] == [(net("10.61.0.0/26"), "global")]

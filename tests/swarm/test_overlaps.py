@@ -1,17 +1,17 @@
 """Explicit subnets that collide with an overlay's, on a two-node swarm (its own, for this module).
 
-These tests FAIL with the current driver: they pin two bugs this tier found (see
-tests/swarm/NOTES.md, "Known problems"). Both come from one ambiguity of the protocol:
-a RequestPool names no network, so the driver cannot tell
+A RequestPool names no network, so the driver cannot tell
 
 * a swarm node's local copy of an overlay (``local`` space, exactly the global subnet)
   from a bridge created with ``--subnet <that subnet>``, nor
 * the swarm allocator's replay of an overlay (``global``, exactly a held subnet) from a
   second overlay created with ``--subnet <that subnet>``,
 
-and today it accepts both as the former. The duplicate-overlay tests run first and the
-bridge-removal test last: with the bugs present, the latter leaves the worker in a state
-the swarm needs a while to forget. Each test's assertions fail with what the driver did.
+and grants the pool to both. The gateway request that follows tells them apart (a copy
+or a replay names the network's own gateway; another network asks for one of its own),
+and the rollback's ReleasePool must then leave the first network's pool whole. The
+duplicate-overlay tests run first and the bridge-removal test last: had a bridge been
+granted the subnet, the worker would need a while to forget it.
 """
 
 from __future__ import annotations
@@ -39,11 +39,8 @@ def create_duplicate(cluster: Cluster, name: str, subnet: str) -> list[Request]:
     return pool_requests()
 
 
-@pytest.mark.xfail(
-    strict=True, reason="known bug: an exact global request for a held global subnet is taken for a swarm replay"
-)
 def test_two_overlays_cannot_share_an_explicit_subnet(two_nodes: Cluster) -> None:
-    """Docker's own IPAM refuses the second one ("overlaps"); mini-ipam grants it the same pool."""
+    """Docker's own IPAM refuses the second one ("overlaps"), and so does mini-ipam, at its gateway."""
     first = two_nodes.create_overlay(two_nodes["m1"], "ov-first", "--subnet", "198.19.90.0/24")
     requests = create_duplicate(two_nodes, "ov-second", str(first.subnet))
     second = two_nodes["m1"].network("ov-second")
@@ -51,14 +48,11 @@ def test_two_overlays_cannot_share_an_explicit_subnet(two_nodes: Cluster) -> Non
     assert not second.configs, f"ov-second got {second.configs} though ov-first holds it; the driver: {requests}"
 
 
-@pytest.mark.xfail(
-    strict=True, reason="known bug: an exact global request for a held global subnet is taken for a swarm replay"
-)
 def test_removing_a_duplicate_overlay_keeps_the_first_ones_subnet(two_nodes: Cluster) -> None:
-    """When the duplicate was granted, its ReleasePool frees the pool the first overlay still uses.
+    """The refused duplicate's rollback and removal leave the first overlay's pool whole.
 
-    Its tasks then stay in state New ("pool global/<subnet> is not known here"), and the
-    subnet can be handed out again. Passes trivially once the duplicate is refused.
+    Were it freed, ov-one's tasks would stay in state New ("pool global/<subnet> is not
+    known here"), and the subnet could be handed out again.
     """
     manager = two_nodes["m1"]
     first = two_nodes.create_overlay(manager, "ov-one", "--subnet", "198.19.91.0/24")
@@ -82,15 +76,10 @@ def test_removing_a_duplicate_overlay_keeps_the_first_ones_subnet(two_nodes: Clu
     two_nodes.wait_tasks(manager, "on-one", "ov-one", count=1, timeout=30)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="known bug: an exact local request for an overlay's subnet is taken for its node-local copy"
-)
 def test_a_bridge_cannot_take_the_subnet_of_an_overlay(two_nodes: Cluster) -> None:
-    """A local request for exactly a global subnet is always taken for a swarm node's copy.
+    """A bridge with ``--subnet <overlay subnet>`` is refused on a node with the overlay's tasks and without.
 
-    So a bridge with ``--subnet <overlay subnet>`` is accepted: it overlaps the overlay,
-    and on a node running the overlay's tasks it joins that node's copy (its gateway is
-    then picked among addresses the manager may have handed out, such as the VIP).
+    Its pool request looks like the node's copy of the overlay; its gateway request does not.
     """
     manager, worker = two_nodes["m1"], two_nodes["w1"]
     network = two_nodes.create_overlay(manager, "ov-taken", "--ipam-opt", "size=28")
@@ -108,14 +97,11 @@ def test_a_bridge_cannot_take_the_subnet_of_an_overlay(two_nodes: Cluster) -> No
         assert "overlaps" in result.stderr, result.stderr
 
 
-@pytest.mark.xfail(
-    strict=True, reason="known bug: an exact local request for an overlay's subnet is taken for its node-local copy"
-)
 def test_removing_such_a_bridge_keeps_the_nodes_copy_of_the_overlay(two_nodes: Cluster) -> None:
-    """When the bridge was granted, its ReleasePool closes the worker's copy of the overlay.
+    """The refused bridge's rollback (a ReleasePool of the pool it was granted) keeps the worker's copy.
 
-    The worker then cannot attach anything to the overlay any more ("IpamDriver.RequestAddress:
-    pool local/<subnet> is not known here"). Passes trivially once the bridge is refused.
+    Were the copy closed, the worker could not attach anything to the overlay any more
+    ("IpamDriver.RequestAddress: pool local/<subnet> is not known here").
     """
     manager, worker = two_nodes["m1"], two_nodes["w1"]
     network = two_nodes.create_overlay(manager, "ov-shared", "--ipam-opt", "size=28")
