@@ -19,14 +19,12 @@ engine's own unique directory in their command line.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import ipaddress
 import json
 import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -34,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from mini_ipam.unix_http import UnixHTTPError, request_json
 from tests.servers import wait_until
 
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -267,33 +266,11 @@ class Lab:
 
 def plugin_activates(path: Path) -> bool:
     """Whether a plugin answers ``Plugin.Activate`` on ``path`` as an IpamDriver."""
-    connection = _UnixHTTPConnection(path, timeout=1.0)
     try:
-        connection.request("POST", "/Plugin.Activate", body=b"")
-        response = connection.getresponse()
-        return response.status == 200 and "IpamDriver" in json.loads(response.read()).get("Implements", [])
-    except (OSError, ValueError, http.client.HTTPException):
+        status, reply = request_json(str(path), "POST", "/Plugin.Activate", timeout=1.0)
+    except UnixHTTPError:
         return False
-    finally:
-        connection.close()
-
-
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    """HTTP over a Unix socket, as the engine talks to plugins."""
-
-    def __init__(self, path: Path, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(self.timeout)
-            sock.connect(str(self.path))
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
+    return status == 200 and isinstance(reply, dict) and "IpamDriver" in reply.get("Implements", [])
 
 
 class Driver:

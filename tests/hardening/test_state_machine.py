@@ -45,6 +45,7 @@ class ModelPool:
     owner: str
     addresses: set[int] = field(default_factory=set)
     cursor: int | None = None
+    gateways: set[int] = field(default_factory=set)  # addresses claimed as the gateway
 
 
 @dataclass
@@ -61,6 +62,11 @@ def scope_of(space: str, host: str) -> str:
 
 def label_of(space: str, ip_range: Network | None) -> str:
     return space if ip_range is None else f"{space} {ip_range}"
+
+
+def is_shared(pool_id: PoolId, block: ModelBlock) -> bool:
+    """A global pool, or a node's copy of one: requested more than once, by one network only."""
+    return pool_id.space == GLOBAL or block.label == label_of(GLOBAL, pool_id.ip_range)
 
 
 def usable(subnet: Network, ip_range: Network | None) -> tuple[int, int]:
@@ -226,6 +232,8 @@ def machine_for(make_store: StoreMaker, counts: Counts) -> type[RuleBasedStateMa
                 expected = InvalidRequest
             elif ip_range is not None and (ip_range.version != version or not ip_range.subnet_of(subnet)):  # type: ignore[arg-type]
                 expected = InvalidRequest
+            elif ip_range is not None and usable(subnet, ip_range)[0] > usable(subnet, ip_range)[1]:
+                expected = InvalidRequest  # a range of reserved addresses only
             else:
                 holder = self.overlapping(subnet)
                 shared = holder is not None and holder.subnet == subnet and holder.label == label_of(GLOBAL, ip_range)
@@ -259,16 +267,30 @@ def machine_for(make_store: StoreMaker, counts: Counts) -> type[RuleBasedStateMa
             self.release(host, scope, pool_id)
 
         def release(self, host: str, scope: str, pool_id: PoolId) -> bool:
+            """Release a pool; whether it was released."""
             block = self.blocks.get(pool_id.subnet)
-            held = block is not None and scope in block.pools
-            self.attempt("release pool", None if held else PoolNotFound,
-                         lambda: self.allocators[host].release_pool(pool_id))  # fmt: skip
-            if held:
-                assert block is not None
-                del block.pools[scope]
-                if not block.pools:
-                    del self.blocks[pool_id.subnet]
-            return held
+            pool = block.pools.get(scope) if block is not None else None
+            expected: type[IpamError] | None = None
+            if pool is None:
+                expected = PoolNotFound
+            elif block is not None and is_shared(pool_id, block) and pool.gateways:
+                expected = Conflict  # its network still lives: only a refused second network's rollback does this
+            self.attempt("release pool", expected, lambda: self.allocators[host].release_pool(pool_id))
+            if expected is not None:
+                return False
+            assert block is not None
+            del block.pools[scope]
+            if not block.pools:
+                del self.blocks[pool_id.subnet]
+            return True
+
+        def release_gateways(self, host: str, scope: str, pool_id: PoolId) -> None:
+            """Release a pool's gateways, as Docker does before it releases the pool."""
+            pool = self.blocks[pool_id.subnet].pools[scope]
+            for value in sorted(pool.gateways):
+                self.allocators[host].release_address(pool_id, address(pool_id.subnet.version, value))
+                pool.addresses.discard(value)
+            pool.gateways.clear()
 
         @precondition(lambda self: self.blocks)
         @rule(data=st.data())
@@ -277,10 +299,26 @@ def machine_for(make_store: StoreMaker, counts: Counts) -> type[RuleBasedStateMa
             host, scope, pool_id = data.draw(st.sampled_from(self.held_refs()))
             block = self.blocks[pool_id.subnet]
             last_pool = len(block.pools) == 1
+            self.release_gateways(host, scope, pool_id)
             assert self.release(host, scope, pool_id)
             if last_pool:
                 assert self.claim_exact(host, pool_id.space, pool_id.subnet, pool_id.ip_range, None,
                                         pool_id.subnet.version == 6) is not None  # fmt: skip
+
+        @precondition(lambda self: any(b.label.startswith(GLOBAL) for b in self.blocks.values()))
+        @rule(data=st.data(), host=st.sampled_from(HOSTS), space=st.sampled_from([LOCAL, GLOBAL]))
+        def a_second_network_tries_a_shared_subnet(self, data: st.DataObject, host: str, space: str) -> None:
+            """Exactly a global subnet again (a replay, a copy, or another network), its gateway, its rollback."""
+            global_ids = [ref for ref in self.held_refs() if ref[1] == GLOBAL]
+            if not global_ids:
+                return
+            _, _, held = data.draw(st.sampled_from(global_ids))
+            subnet = held.subnet
+            if self.claim_exact(host, space, subnet, held.ip_range, None, subnet.version == 6) is None:
+                return
+            pool_id, scope = PoolId(space, subnet, held.ip_range), scope_of(space, host)
+            if not self.next_address(host, scope, pool_id, "gateway"):
+                self.release(host, scope, pool_id)  # Docker's rollback of the refused network
 
         # -- addresses ----------------------------------------------------------
 
@@ -308,6 +346,13 @@ def machine_for(make_store: StoreMaker, counts: Counts) -> type[RuleBasedStateMa
             granted: int | None = None
             if pool is None:
                 expected = PoolNotFound
+            elif (
+                mode == "gateway"
+                and block is not None
+                and is_shared(pool_id, block)
+                and (pool_id.space != GLOBAL or pool.gateways)
+            ):
+                expected = Conflict  # a copy names its gateway; a global pool has one: a second network
             elif mode == "gateway" and first not in pool.addresses:
                 granted = first
             else:
@@ -329,6 +374,8 @@ def machine_for(make_store: StoreMaker, counts: Counts) -> type[RuleBasedStateMa
             pool.addresses.add(granted)
             if mode == "serial":
                 pool.cursor = granted
+            if mode == "gateway":
+                pool.gateways.add(granted)
             return True
 
         @precondition(lambda self: self.blocks)
@@ -388,6 +435,7 @@ def machine_for(make_store: StoreMaker, counts: Counts) -> type[RuleBasedStateMa
             if expected is None:
                 assert pool is not None
                 pool.addresses.discard(value)
+                pool.gateways.discard(value)
                 then = data.draw(st.sampled_from(["reclaim", "serial", "nothing"]))
                 if then == "reclaim":
                     # Capacity is back at once: the same address can be claimed again.
@@ -417,7 +465,8 @@ def machine_for(make_store: StoreMaker, counts: Counts) -> type[RuleBasedStateMa
 
         def teardown(self) -> None:
             try:
-                for host, _, pool_id in self.held_refs():
+                for host, scope, pool_id in self.held_refs():
+                    self.release_gateways(host, scope, pool_id)
                     self.allocators[host].release_pool(pool_id)
                 assert self.store.blocks() == [] and self.store.pools() == []
                 # Every release merged its buddies back: each parent is one free block again.
@@ -523,7 +572,8 @@ def test_random_sequences_keep_the_store_equal_to_the_model(
     needed = ["dynamic pool: granted", "exact pool: granted", "release pool: granted", "next address: granted"]
     if kind == "memory":
         needed += ["dynamic pool: Exhausted", "exact pool: Conflict", "serial address: granted",
-                   "explicit address: granted", "release address: granted", "gateway address: granted"]  # fmt: skip
+                   "explicit address: granted", "release address: granted", "gateway address: granted",
+                   "gateway address: Conflict", "release pool: Conflict"]  # fmt: skip
     for outcome in needed:
         assert counts.outcomes[outcome] > 0, f"no step ended in {outcome!r}"
 
