@@ -564,7 +564,7 @@ def build_state_file(
     import random
 
     from stores.file import FORMAT, FileStore
-    from stores.memory import MemoryStore
+    from stores.memory import MemoryStore, encode_event
 
     started = time.perf_counter()
     memory = MemoryStore()
@@ -576,14 +576,14 @@ def build_state_file(
             allocator.release_pool(pool_id)
         elif gateways:
             allocator.request_address(pool_id, gateway=True)
-    events = list(memory._snapshot_events())  # the exact events FileStore._compact writes
+    events = [encode_event(event) for event in memory._snapshot_events()]  # what FileStore._compact writes
     path.write_text(json.dumps({"format": FORMAT, "generation": 0, "events": events}, separators=(",", ":")))
     if journal_pairs:
         journal: list[str] = []
         apply_event = memory._commit
 
         def record(event: dict[str, Any]) -> None:  # what FileStore._commit does, minus the fdatasync
-            journal.append(json.dumps(event, separators=(",", ":")))
+            journal.append(json.dumps(encode_event(event), separators=(",", ":")))
             apply_event(event)
 
         memory._commit = record  # type: ignore[method-assign]

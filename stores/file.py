@@ -23,12 +23,13 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from stores import ConfigurationError, CorruptState, StoreError
-from stores.memory import Event, MemoryStore
+from stores.memory import Event, MemoryStore, decode_event, encode_event
 
 FORMAT = 1
 MIN_COMPACT_EVENTS = 1024
@@ -95,13 +96,8 @@ class FileStore(MemoryStore):
 
     def _load(self) -> int:
         """Rebuild state from the snapshot and the journals after it; return the journal generation."""
-        generation = 0
-        if self.path.exists():
-            snapshot = self._read_snapshot()
-            generation = snapshot["generation"]
-            for event in snapshot["events"]:
-                self._replay(event, self.path)
-        self._live_events = sum(1 for _ in self._snapshot_events())
+        generation = self._load_snapshot() if self.path.exists() else 0
+        self._live_events = self._live_count()
         for stale in [] if self.read_only else self.path.parent.glob(f"{self.path.name}.*.log"):
             suffix = stale.name[len(self.path.name) + 1 : -len(".log")]
             if suffix.isdigit() and int(suffix) < generation:
@@ -113,9 +109,29 @@ class FileStore(MemoryStore):
         self._replay_log(generation)
         return generation
 
-    def _read_snapshot(self) -> dict[str, Any]:
+    def _load_snapshot(self) -> int:
+        """Apply the snapshot's events; return its generation.
+
+        Each event is applied as soon as the parser has read it and then dropped, so
+        the whole parsed snapshot never exists at once: with 100,000 pools it would
+        take more memory than the state it describes, and much of that would stay
+        with the process. Errors are raised in the order a plain parse would find
+        them: an unreadable file, then one that is not a state file, then a bad event.
+        """
+        failures: list[CorruptState] = []
+
+        def apply(data: dict[str, Any]) -> Any:
+            if "op" not in data:
+                return data  # the snapshot itself, or the block inside an event
+            if not failures:
+                try:
+                    self._replay(data, self.path)
+                except CorruptState as exc:
+                    failures.append(exc)
+            return None
+
         try:
-            snapshot = json.loads(self.path.read_bytes())
+            snapshot = json.loads(self.path.read_bytes(), object_hook=apply)
         except (OSError, ValueError) as exc:
             raise CorruptState(f"cannot read state file {self.path}: {exc}") from exc
         if (
@@ -125,7 +141,13 @@ class FileStore(MemoryStore):
             or not isinstance(snapshot.get("events"), list)
         ):
             raise CorruptState(f"state file {self.path} is not a mini-ipam state file (format {FORMAT})")
-        return snapshot
+        if failures:
+            raise failures[0]
+        stray = next((item for item in snapshot["events"] if item is not None), None)
+        if stray is not None:
+            self._replay(stray, self.path)  # not an event: raises CorruptState saying why
+        generation: int = snapshot["generation"]
+        return generation
 
     def _replay_log(self, generation: int) -> None:
         path = self._log_path(generation)
@@ -141,8 +163,7 @@ class FileStore(MemoryStore):
             with open(path, "r+b") as handle:
                 handle.truncate(len(complete) + 1 if complete else 0)
                 os.fsync(handle.fileno())
-        lines = complete.split(b"\n") if complete else []
-        for number, line in enumerate(lines, start=1):
+        for number, line in enumerate(_lines(complete), start=1):
             try:
                 event = json.loads(line)
             except ValueError as exc:
@@ -152,7 +173,7 @@ class FileStore(MemoryStore):
 
     def _replay(self, event: Any, source: Path, line: int | None = None) -> None:
         try:
-            self._apply(event)
+            self._apply(decode_event(event))
         except (KeyError, TypeError, ValueError) as exc:
             where = f"{source} line {line}" if line else str(source)
             raise CorruptState(f"{where} does not fit the state before it: {exc!r}") from exc
@@ -166,7 +187,7 @@ class FileStore(MemoryStore):
     # -- changes ----------------------------------------------------------
 
     def _commit(self, event: Event) -> None:
-        line = (json.dumps(event, separators=(",", ":")) + "\n").encode()
+        line = (json.dumps(encode_event(event), separators=(",", ":")) + "\n").encode()
         self._append(line)
         self._apply(event)
         self._log_events += 1
@@ -194,7 +215,7 @@ class FileStore(MemoryStore):
     def _compact(self) -> None:
         """Write a snapshot of the live state and start the next journal generation."""
         generation = self._generation + 1
-        events = list(self._snapshot_events())
+        events = [encode_event(event) for event in self._snapshot_events()]
         body = json.dumps({"format": FORMAT, "generation": generation, "events": events}, separators=(",", ":"))
         temporary = self.path.with_name(self.path.name + ".tmp")
         try:
@@ -225,6 +246,17 @@ class FileStore(MemoryStore):
             if self._lock_fd >= 0:
                 os.close(self._lock_fd)
                 self._lock_fd = -1
+
+
+def _lines(data: bytes) -> Iterator[bytes]:
+    """The newline-separated lines of ``data``, one at a time (a long journal is not split into a list at once)."""
+    if not data:
+        return
+    start = 0
+    while (end := data.find(b"\n", start)) >= 0:
+        yield data[start:end]
+        start = end + 1
+    yield data[start:]
 
 
 def _live_delta(event: Event) -> int:

@@ -1,17 +1,28 @@
 """The in-process store: the address map in this process's memory.
 
-Every change is made by applying one *event* (a small JSON-able dict) under a
-lock. ``FileStore`` reuses exactly that: it writes each event to its journal
-before the change is acknowledged, and replays the journal at start-up.
+Every change is made by applying one *event* (a small dict) under a lock.
+``FileStore`` reuses exactly that: it writes each event to its journal before the
+change is acknowledged, and replays the journal at start-up.
+
+Events name subnets and addresses by ints (``subnet``: a block key, see ``_key``;
+``address``: the address as an int), so applying one parses no text.
+``encode_event`` turns one into the journal's JSON form, with the subnet and the
+address as text; ``decode_event`` turns that back.
+
+The state is laid out for size, since one driver may hold 100,000 pools: blocks
+and pools are slotted records keyed by ints, their strings are interned, a pool's
+address structures appear with its first address, and the ``Block``/``PoolInfo``
+objects of the Store protocol are built when asked for, not kept.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import socket
+import sys
 import threading
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Any
 
 from stores import (
@@ -32,13 +43,35 @@ from stores.tree import BlockTree
 
 Event = dict[str, Any]
 
+BITMAP_BITS = 16
+"""Pools of at most 2**16 addresses track their claims in one int bitmap; larger ones in a BlockTree."""
 
-@dataclass
+_FAMILY_BITS = {4: 32, 6: 128}
+
+
+class _Block:
+    """A block of the map: its label, owner, time, and how many pools share it."""
+
+    __slots__ = ("label", "owner", "since", "pools")
+
+    def __init__(self, label: str, owner: str, since: float) -> None:
+        self.label = label
+        self.owner = owner
+        self.since = since
+        self.pools = 0
+
+
 class _Pool:
-    info: PoolInfo
-    tree: BlockTree
-    addresses: dict[int, tuple[float, str]] = field(default_factory=dict)  # address -> (since, note)
-    cursor: int | None = None  # last serially claimed address
+    """A pool's own state. ``claims`` is None until its first address."""
+
+    __slots__ = ("owner", "since", "cursor", "claims", "used")
+
+    def __init__(self, owner: str, since: float, cursor: int | None) -> None:
+        self.owner = owner
+        self.since = since
+        self.cursor = cursor  # last serially claimed address
+        self.claims: dict[int, tuple[float, str]] | None = None  # address -> (since, note)
+        self.used: int | BlockTree = 0  # claimed offsets from the network: a bitmap, or a tree for large pools
 
 
 class MemoryStore:
@@ -47,9 +80,8 @@ class MemoryStore:
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._maps = {4: BlockTree(32), 6: BlockTree(128)}
-        self._blocks: dict[Network, Block] = {}
-        self._pools: dict[tuple[Network, str], _Pool] = {}
-        self._scopes: dict[Network, set[str]] = {}
+        self._blocks: dict[int, _Block] = {}
+        self._pools: dict[tuple[int, str], _Pool] = {}
         self._settings: dict[str, str] = {}
 
     # -- persistence hook -------------------------------------------------
@@ -75,25 +107,26 @@ class MemoryStore:
                 subnet = self._find_free(target)
                 if subnet is None:
                     return Exhausted()
-                block = {"label": label, "owner": owner, "since": now}
+                key = key_of(subnet)
+                block: dict[str, Any] | None = {"label": label, "owner": owner, "since": now}
             else:
                 subnet = target.subnet
-                tree = self._maps[subnet.version]
-                found = tree.holder(int(subnet.network_address), subnet.prefixlen)
+                key = key_of(subnet)
+                version, net, plen = split_key(key)
+                found = self._maps[version].holder(net, plen)
                 if found is None:
                     block = {"label": label, "owner": owner, "since": now}
                 else:
-                    holder = self._blocks[_network(subnet.version, *found)]
-                    if share_label is None or holder.subnet != subnet or holder.label != share_label:
-                        return Overlap(holder)
-                    existing = self._pools.get((subnet, scope))
+                    holder_key = _key(version, found[1], found[0])
+                    holder = self._blocks[holder_key]
+                    if share_label is None or holder_key != key or holder.label != share_label:
+                        return Overlap(_block_info(network_of(holder_key), holder))
+                    existing = self._pools.get((key, scope))
                     if existing is not None:
-                        return Granted(existing.info, created=False)
+                        return Granted(_pool_info(subnet, holder, scope, existing), created=False)
                     block = None
-            self._commit(
-                {"op": "open", "subnet": str(subnet), "scope": scope, "owner": owner, "since": now, "block": block}
-            )
-            return Granted(self._pools[(subnet, scope)].info, created=True)
+            self._commit({"op": "open", "subnet": key, "scope": scope, "owner": owner, "since": now, "block": block})
+            return Granted(self._info(subnet, key, scope), created=True)
 
     def _find_free(self, target: AnySubnet) -> Network | None:
         """The subnet a dynamic request would get; the claim itself is made by the event."""
@@ -106,76 +139,86 @@ class MemoryStore:
 
     def close_pool(self, subnet: Network, scope: str) -> ClosedPool | None:
         with self._lock:
-            pool = self._pools.get((subnet, scope))
+            key = key_of(subnet)
+            pool = self._pools.get((key, scope))
             if pool is None:
                 return None
-            freed = self._scopes[subnet] == {scope}
-            self._commit({"op": "close", "subnet": str(subnet), "scope": scope})
-            return ClosedPool(pool.info, freed)
+            block = self._blocks[key]
+            info = _pool_info(subnet, block, scope, pool)
+            freed = block.pools == 1
+            self._commit({"op": "close", "subnet": key, "scope": scope})
+            return ClosedPool(info, freed)
 
     def pool(self, subnet: Network, scope: str) -> PoolInfo | None:
         with self._lock:
-            pool = self._pools.get((subnet, scope))
-            return None if pool is None else pool.info
+            key = key_of(subnet)
+            pool = self._pools.get((key, scope))
+            return None if pool is None else _pool_info(subnet, self._blocks[key], scope, pool)
 
     def claim_address(self, subnet: Network, scope: str, address: Address, note: str = "") -> bool:
         with self._lock:
-            pool = self._get(subnet, scope)
-            if int(address) in pool.addresses:
+            key = key_of(subnet)
+            pool = self._get(key, scope, subnet)
+            value = int(address)
+            if pool.claims is not None and value in pool.claims:
                 return False
-            self._commit(_claim_event(subnet, scope, address, note, serial=False))
+            self._commit(_claim_event(key, scope, value, note, serial=False))
             return True
 
     def claim_next_address(
         self, subnet: Network, scope: str, first: Address, last: Address, serial: bool, note: str = ""
     ) -> Address | None:
         with self._lock:
-            pool = self._get(subnet, scope)
-            found = self._next_free(pool, int(first), int(last), serial)
+            key = key_of(subnet)
+            pool = self._get(key, scope, subnet)
+            found = self._next_free(pool, key, int(first), int(last), serial)
             if found is None:
                 return None
-            address = ipaddress.ip_address(found)
-            self._commit(_claim_event(subnet, scope, address, note, serial))
-            return address
+            self._commit(_claim_event(key, scope, found, note, serial))
+            return _address(subnet.version, found)
 
-    def _next_free(self, pool: _Pool, first: int, last: int, serial: bool) -> int | None:
-        tree, bits = pool.tree, pool.tree.bits
+    def _next_free(self, pool: _Pool, key: int, first: int, last: int, serial: bool) -> int | None:
         starts = [first]
         if serial and pool.cursor is not None and first <= pool.cursor < last:
             starts.insert(0, pool.cursor + 1)
         for start in starts:
-            found = tree.find_first(tree.root_net, tree.root_len, bits, start)
+            found = _first_unclaimed(pool, key, start)
             if found is not None and found <= last:
                 return found
         return None
 
     def release_address(self, subnet: Network, scope: str, address: Address) -> bool:
         with self._lock:
-            pool = self._get(subnet, scope)
-            if int(address) not in pool.addresses:
+            key = key_of(subnet)
+            pool = self._get(key, scope, subnet)
+            value = int(address)
+            if pool.claims is None or value not in pool.claims:
                 return False
-            self._commit({"op": "release", "subnet": str(subnet), "scope": scope, "address": str(address)})
+            self._commit({"op": "release", "subnet": key, "scope": scope, "address": value})
             return True
 
     def blocks(self) -> list[Block]:
         with self._lock:
-            return list(self._blocks.values())
+            held = list(self._blocks.items())
+        # The records' label, owner and time never change, so the objects are built outside the lock.
+        return [_block_info(network_of(key), block) for key, block in held]
 
     def pools(self) -> list[PoolInfo]:
         with self._lock:
-            return [pool.info for pool in self._pools.values()]
+            held = [(key, scope, pool, self._blocks[key]) for (key, scope), pool in self._pools.items()]
+        return [_pool_info(network_of(key), block, scope, pool) for key, scope, pool, block in held]
 
     def addresses(self, subnet: Network, scope: str) -> list[Address]:
         with self._lock:
-            pool = self._get(subnet, scope)
-            return [ipaddress.ip_address(value) for value in sorted(pool.addresses)]
+            pool = self._get(key_of(subnet), scope, subnet)
+            claimed = sorted(pool.claims or ())
+        return [_address(subnet.version, value) for value in claimed]
 
     def address_claims(self, subnet: Network, scope: str) -> list[AddressClaim]:
         with self._lock:
-            pool = self._get(subnet, scope)
-            return [
-                AddressClaim(ipaddress.ip_address(value), *pool.addresses[value]) for value in sorted(pool.addresses)
-            ]
+            pool = self._get(key_of(subnet), scope, subnet)
+            claims = sorted((pool.claims or {}).items())
+        return [AddressClaim(_address(subnet.version, value), since, note) for value, (since, note) in claims]
 
     def ping(self) -> None:
         """Memory always answers."""
@@ -191,102 +234,193 @@ class MemoryStore:
 
     # -- applying events --------------------------------------------------
 
-    def _get(self, subnet: Network, scope: str) -> _Pool:
-        pool = self._pools.get((subnet, scope))
+    def _get(self, key: int, scope: str, subnet: Network) -> _Pool:
+        pool = self._pools.get((key, scope))
         if pool is None:
             raise UnknownPool(f"no pool {subnet} in scope {scope!r}")
         return pool
 
+    def _info(self, subnet: Network, key: int, scope: str) -> PoolInfo:
+        return _pool_info(subnet, self._blocks[key], scope, self._pools[(key, scope)])
+
     def _apply(self, event: Event) -> None:
         """Apply one event. Events are only ever built from valid, checked requests."""
         op = event["op"]
-        if op == "set":
-            self._settings[event["name"]] = event["value"]
-            return
-        subnet = ipaddress.ip_network(event["subnet"])
-        scope = event["scope"]
-        if op == "open":
-            self._apply_open(subnet, scope, event)
-        elif op == "close":
-            self._apply_close(subnet, scope)
-        elif op == "claim":
-            pool = self._pools[(subnet, scope)]
-            address = int(ipaddress.ip_address(event["address"]))
-            if pool.tree.claim(address, pool.tree.bits) is not None:
-                raise ValueError(f"address {event['address']} claimed twice in {subnet}")
-            pool.addresses[address] = (event.get("since", 0.0), event.get("note", ""))
-            if event.get("serial"):
-                pool.cursor = address
+        if op == "claim":
+            self._apply_claim(event)
         elif op == "release":
-            pool = self._pools[(subnet, scope)]
-            address = int(ipaddress.ip_address(event["address"]))
-            pool.tree.release(address, pool.tree.bits)
-            pool.addresses.pop(address, None)
+            self._apply_release(event)
+        elif op == "open":
+            self._apply_open(event["subnet"], sys.intern(event["scope"]), event)
+        elif op == "close":
+            self._apply_close(event["subnet"], event["scope"])
+        elif op == "set":
+            self._settings[event["name"]] = event["value"]
         else:
             raise ValueError(f"unknown event {op!r}")
 
-    def _apply_open(self, subnet: Network, scope: str, event: Event) -> None:
+    def _apply_claim(self, event: Event) -> None:
+        key = event["subnet"]
+        pool = self._pools[(key, event["scope"])]
+        address = event["address"]
+        if pool.claims is None:
+            pool.claims = {}
+        elif address in pool.claims:
+            raise ValueError(f"address {address} claimed twice in {network_of(key)}")
+        _mark(pool, key, address, True)
+        pool.claims[address] = (event.get("since", 0.0), sys.intern(event.get("note", "")))
+        if event.get("serial"):
+            pool.cursor = address
+
+    def _apply_release(self, event: Event) -> None:
+        key = event["subnet"]
+        pool = self._pools[(key, event["scope"])]
+        address = event["address"]
+        if pool.claims is not None and pool.claims.pop(address, None) is not None:
+            _mark(pool, key, address, False)
+
+    def _apply_open(self, key: int, scope: str, event: Event) -> None:
         spec = event["block"]
         if spec is not None:
-            tree = self._maps[subnet.version]
-            if tree.claim(int(subnet.network_address), subnet.prefixlen) is not None:
-                raise ValueError(f"block {subnet} overlaps a held block")
-            self._blocks[subnet] = Block(subnet, spec["label"], spec["owner"], spec["since"])
-            self._scopes[subnet] = set()
-        block = self._blocks[subnet]
-        if scope in self._scopes[subnet]:
-            raise ValueError(f"pool {subnet} {scope!r} opened twice")
-        bits = subnet.max_prefixlen
-        info = PoolInfo(block, scope, event["owner"], event["since"])
-        tree = BlockTree(bits, subnet.prefixlen, int(subnet.network_address))
-        self._pools[(subnet, scope)] = _Pool(info, tree, cursor=event.get("cursor"))
-        self._scopes[subnet].add(scope)
+            version, net, plen = split_key(key)
+            if self._maps[version].claim(net, plen) is not None:
+                raise ValueError(f"block {network_of(key)} overlaps a held block")
+            self._blocks[key] = _Block(sys.intern(spec["label"]), sys.intern(spec["owner"]), spec["since"])
+        block = self._blocks[key]
+        if (key, scope) in self._pools:
+            raise ValueError(f"pool {network_of(key)} {scope!r} opened twice")
+        since = event["since"]
+        if since == block.since:
+            since = block.since  # one float object for both: a loaded state has two equal copies
+        self._pools[(key, scope)] = _Pool(sys.intern(event["owner"]), since, event.get("cursor"))
+        block.pools += 1
 
-    def _apply_close(self, subnet: Network, scope: str) -> None:
-        del self._pools[(subnet, scope)]
-        scopes = self._scopes[subnet]
-        scopes.discard(scope)
-        if not scopes:
-            del self._scopes[subnet]
-            del self._blocks[subnet]
-            self._maps[subnet.version].release(int(subnet.network_address), subnet.prefixlen)
+    def _apply_close(self, key: int, scope: str) -> None:
+        del self._pools[(key, scope)]
+        block = self._blocks[key]
+        block.pools -= 1
+        if not block.pools:
+            del self._blocks[key]
+            version, net, plen = split_key(key)
+            self._maps[version].release(net, plen)
 
-    def _snapshot_events(self) -> Iterable[Event]:
-        """Events that rebuild the current state from nothing (used to compact journals)."""
+    def _snapshot_events(self) -> Iterator[Event]:
+        """Events that rebuild the current state from nothing (used to compact journals).
+
+        Take them under the lock: they are fresh dicts of unchanging values, so a
+        list of them is a consistent copy that may be encoded after the lock is left.
+        """
         for name, value in self._settings.items():
             yield {"op": "set", "name": name, "value": value}
-        for subnet, scopes in self._scopes.items():
-            block = self._blocks[subnet]
-            spec: dict[str, Any] | None = {"label": block.label, "owner": block.owner, "since": block.since}
-            for scope in sorted(scopes):
-                pool = self._pools[(subnet, scope)]
-                yield {
-                    "op": "open",
-                    "subnet": str(subnet),
-                    "scope": scope,
-                    "owner": pool.info.owner,
-                    "since": pool.info.since,
-                    "block": spec,
-                    "cursor": pool.cursor,
-                }
-                spec = None
-                for address in sorted(pool.addresses):
-                    yield {
-                        "op": "claim",
-                        "subnet": str(subnet),
-                        "scope": scope,
-                        "address": str(ipaddress.ip_address(address)),
-                    }
+        described: set[int] = set()
+        for (key, scope), pool in self._pools.items():
+            spec: dict[str, Any] | None = None
+            if key not in described:
+                described.add(key)
+                block = self._blocks[key]
+                spec = {"label": block.label, "owner": block.owner, "since": block.since}
+            yield {
+                "op": "open",
+                "subnet": key,
+                "scope": scope,
+                "owner": pool.owner,
+                "since": pool.since,
+                "block": spec,
+                "cursor": pool.cursor,
+            }
+            for address, (since, note) in sorted((pool.claims or {}).items()):
+                yield _claim_event(key, scope, address, note, serial=False, since=since)
+
+    def _live_count(self) -> int:
+        """How many events ``_snapshot_events`` would yield, without building them."""
+        claims = sum(len(pool.claims) for pool in self._pools.values() if pool.claims)
+        return len(self._settings) + len(self._pools) + claims
 
 
-def _claim_event(
-    subnet: Network, scope: str, address: Address, note: str, serial: bool, since: float | None = None
-) -> Event:
+# -- a pool's addresses ----------------------------------------------------
+
+
+def _mark(pool: _Pool, key: int, address: int, claimed: bool) -> None:
+    """Record ``address`` as claimed (or free again) in the pool's search structure."""
+    version, net, plen = split_key(key)
+    host_bits = _FAMILY_BITS[version] - plen
+    offset = address - net
+    if not 0 <= offset < 1 << host_bits:
+        raise ValueError(f"address {address} is outside {network_of(key)}")
+    if host_bits <= BITMAP_BITS:
+        assert isinstance(pool.used, int)
+        pool.used = pool.used | 1 << offset if claimed else pool.used & ~(1 << offset)
+        return
+    if not isinstance(pool.used, BlockTree):
+        pool.used = BlockTree(_FAMILY_BITS[version], plen, net)
+    if claimed:
+        pool.used.claim(address, pool.used.bits)
+    else:
+        pool.used.release(address, pool.used.bits)
+
+
+def _first_unclaimed(pool: _Pool, key: int, start: int) -> int | None:
+    """The lowest address of the pool at or after ``start`` that it has not handed out; None when there is none."""
+    used = pool.used
+    if isinstance(used, BlockTree):
+        return used.find_first(used.root_net, used.root_len, used.bits, start)
+    version, net, plen = split_key(key)
+    if start < net:
+        start = net
+    offset = start - net
+    free = ~used >> offset  # the free offsets from start on, as set bits (infinitely many past the end)
+    offset += (free & -free).bit_length() - 1
+    return net + offset if offset < 1 << (_FAMILY_BITS[version] - plen) else None
+
+
+# -- keys, objects and text --------------------------------------------------
+
+
+def _key(version: int, net: int, plen: int) -> int:
+    """One int naming a subnet: its network, then 8 bits of prefix length, then 1 bit for IPv6."""
+    return (net << 8 | plen) << 1 | (version == 6)
+
+
+def split_key(key: int) -> tuple[int, int, int]:
+    """``(version, network, prefixlen)`` of a block key."""
+    return 6 if key & 1 else 4, key >> 9, key >> 1 & 0xFF
+
+
+def key_of(subnet: Network) -> int:
+    """The block key of a subnet."""
+    return _key(subnet.version, int(subnet.network_address), subnet.prefixlen)
+
+
+def network_of(key: int) -> Network:
+    """The subnet a block key names."""
+    version, net, plen = split_key(key)
+    return _network(version, plen, net)
+
+
+def _network(version: int, plen: int, net: int) -> Network:
+    if version == 4:
+        return ipaddress.IPv4Network((net, plen))
+    return ipaddress.IPv6Network((net, plen))
+
+
+def _address(version: int, value: int) -> Address:
+    return ipaddress.IPv4Address(value) if version == 4 else ipaddress.IPv6Address(value)
+
+
+def _block_info(subnet: Network, block: _Block) -> Block:
+    return Block(subnet, block.label, block.owner, block.since)
+
+
+def _pool_info(subnet: Network, block: _Block, scope: str, pool: _Pool) -> PoolInfo:
+    return PoolInfo(_block_info(subnet, block), scope, pool.owner, pool.since)
+
+
+def _claim_event(key: int, scope: str, address: int, note: str, serial: bool, since: float | None = None) -> Event:
     event: Event = {
         "op": "claim",
-        "subnet": str(subnet),
+        "subnet": key,
         "scope": scope,
-        "address": str(address),
+        "address": address,
         "since": time.time() if since is None else since,
     }
     if note:
@@ -296,7 +430,72 @@ def _claim_event(
     return event
 
 
-def _network(version: int, plen: int, net: int) -> Network:
+def subnet_text(key: int) -> str:
+    """A block key as CIDR text, exactly as ``str()`` of the ipaddress network would write it."""
+    version, net, plen = split_key(key)
     if version == 4:
-        return ipaddress.IPv4Network((net, plen))
-    return ipaddress.IPv6Network((net, plen))
+        return f"{socket.inet_ntop(socket.AF_INET, net.to_bytes(4, 'big'))}/{plen}"
+    return str(ipaddress.IPv6Network((net, plen)))
+
+
+def subnet_key(text: str) -> int:
+    """The block key of CIDR text; ValueError when it is not a subnet (host bits set included)."""
+    address, _, length = text.partition("/")
+    if length.isascii() and length.isdigit() and "." in address:
+        # The common case without ipaddress objects (start-up replays one per pool).
+        try:
+            net = int.from_bytes(socket.inet_pton(socket.AF_INET, address), "big")
+        except OSError:
+            pass
+        else:
+            plen = int(length)
+            if plen <= 32 and not net & ((1 << (32 - plen)) - 1):
+                return _key(4, net, plen)
+    return key_of(ipaddress.ip_network(text))  # everything else, and its error, as ipaddress says
+
+
+def address_text(version: int, value: int) -> str:
+    """An address int as text, exactly as ``str()`` of the ipaddress address would write it."""
+    if version == 4:
+        return socket.inet_ntop(socket.AF_INET, value.to_bytes(4, "big"))
+    return str(ipaddress.IPv6Address(value))
+
+
+def address_value(version: int, text: str) -> int:
+    """An address of the given family as an int; ValueError when ``text`` is not one."""
+    if version == 4:
+        try:
+            return int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big")
+        except (OSError, TypeError):
+            return int(ipaddress.IPv4Address(text))  # raises the ValueError (or TypeError) that explains it
+    return int(ipaddress.IPv6Address(text))
+
+
+def encode_event(event: Event) -> dict[str, Any]:
+    """An event in the journal's JSON form: the subnet and the address as text."""
+    if "subnet" not in event:
+        return event
+    key = event["subnet"]
+    encoded = dict(event, subnet=subnet_text(key))  # the same keys in the same order
+    if "address" in encoded:
+        encoded["address"] = address_text(split_key(key)[0], event["address"])
+    return encoded
+
+
+def decode_event(data: Any) -> Event:
+    """An event read from a journal or snapshot, in the form ``_apply`` takes.
+
+    Raises KeyError, TypeError or ValueError when it is not one.
+    """
+    if not isinstance(data, dict):
+        raise TypeError(f"an event is a JSON object, not {type(data).__name__}")
+    if "subnet" not in data:
+        return data
+    text = data["subnet"]
+    if not isinstance(text, str):
+        raise TypeError(f"subnet {text!r} is not text")
+    key = subnet_key(text)
+    event = dict(data, subnet=key)
+    if "address" in event:
+        event["address"] = address_value(split_key(key)[0], event["address"])
+    return event

@@ -127,3 +127,76 @@ def test_from_url(tmp_path: Path) -> None:
     for bad in ["file://relative/path.json", "file:///x.json?mode=1"]:
         with pytest.raises(ConfigurationError):
             from_url(bad)
+
+
+# A state as the file store wrote it before events carried ints (snapshot generation 1 and its journal):
+# a shared block, a serial cursor, a setting, an IPv6 pool, an ip-range label, a release.
+OLD_SNAPSHOT = (
+    '{"format":1,"generation":1,"events":[{"op":"set","name":"pool6","value":"fd12:3456:789a::/48"},'
+    '{"op":"open","subnet":"10.0.0.0/24","scope":"global","owner":"a","since":1795861400.883884,'
+    '"block":{"label":"global","owner":"a","since":1795861400.883884},"cursor":167772162},'
+    '{"op":"claim","subnet":"10.0.0.0/24","scope":"global","address":"10.0.0.1"},'
+    '{"op":"claim","subnet":"10.0.0.0/24","scope":"global","address":"10.0.0.2"},'
+    '{"op":"open","subnet":"10.0.0.0/24","scope":"local@b","owner":"b","since":1795861400.8842192,"block":null,'
+    '"cursor":null},{"op":"open","subnet":"fd12:3456:789a:1::/64","scope":"local@a","owner":"a",'
+    '"since":1795861400.8850422,"block":{"label":"local","owner":"a","since":1795861400.8850422},"cursor":null},'
+    '{"op":"claim","subnet":"fd12:3456:789a:1::/64","scope":"local@a","address":"fd12:3456:789a:1::1"}]}'
+)
+OLD_JOURNAL = (
+    '{"op":"claim","subnet":"fd12:3456:789a:1::/64","scope":"local@a","address":"fd12:3456:789a:1::2",'
+    '"since":1795861400.887212}\n'
+    '{"op":"open","subnet":"10.0.1.0/28","scope":"local@a","owner":"a","since":1795861400.8875034,'
+    '"block":{"label":"local 10.0.1.8/29","owner":"a","since":1795861400.8875034}}\n'
+    '{"op":"release","subnet":"10.0.0.0/24","scope":"global","address":"10.0.0.2"}\n'
+)
+
+
+def test_a_state_written_by_earlier_versions_loads(tmp_path: Path) -> None:
+    (tmp_path / "state.json").write_text(OLD_SNAPSHOT)
+    (tmp_path / "state.json.1.log").write_text(OLD_JOURNAL)
+    store = FileStore(tmp_path / "state.json")
+    assert store.setting("pool6", "unused") == "fd12:3456:789a::/48"
+    blocks = {b.subnet: (b.label, b.owner, b.since) for b in store.blocks()}
+    assert blocks == {
+        net("10.0.0.0/24"): ("global", "a", 1795861400.883884),
+        net("fd12:3456:789a:1::/64"): ("local", "a", 1795861400.8850422),
+        net("10.0.1.0/28"): ("local 10.0.1.8/29", "a", 1795861400.8875034),
+    }
+    pools = {(p.subnet, p.scope): (p.owner, p.since) for p in store.pools()}
+    assert pools[(net("10.0.0.0/24"), "local@b")] == ("b", 1795861400.8842192)
+    assert len(pools) == 4
+    assert store.addresses(net("10.0.0.0/24"), "global") == [ip("10.0.0.1")]
+    assert store.addresses(net("fd12:3456:789a:1::/64"), "local@a") == [
+        ip("fd12:3456:789a:1::1"),
+        ip("fd12:3456:789a:1::2"),
+    ]
+    claims = store.address_claims(net("fd12:3456:789a:1::/64"), "local@a")
+    assert [(c.since, c.note) for c in claims] == [(0.0, ""), (1795861400.887212, "")]
+    # The serial cursor (10.0.0.2) came back too: the next serial claim goes after it.
+    found = store.claim_next_address(net("10.0.0.0/24"), "global", ip("10.0.0.1"), ip("10.0.0.254"), True)
+    assert found == ip("10.0.0.3")
+    store.close()
+
+
+def test_compaction_keeps_each_address_claims_time_and_note(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "state.json")
+    subnet = open_dynamic(store)
+    store.claim_address(subnet, "s", ip(subnet[1]), "gateway")
+    store.claim_address(subnet, "s", ip(subnet[2]))
+    before = store.address_claims(subnet, "s")
+    store._compact()
+    store.close()
+    reopened = FileStore(tmp_path / "state.json")
+    assert reopened.address_claims(subnet, "s") == before
+    assert [c.note for c in before] == ["gateway", ""]
+    reopened.close()
+
+
+def test_the_journal_keeps_its_text_form(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "state.json")
+    store.open_pool(ExactSubnet(net("fd00:1::/64")), scope="s", label="local", owner="a")
+    store.claim_address(net("fd00:1::/64"), "s", ip("fd00:1::a"), "gateway")
+    store.close()
+    lines = [json.loads(line) for line in (tmp_path / "state.json.0.log").read_text().splitlines()]
+    assert [(e["subnet"], e.get("address")) for e in lines] == [("fd00:1::/64", None), ("fd00:1::/64", "fd00:1::a")]
+    assert lines[1]["note"] == "gateway"
