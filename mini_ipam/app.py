@@ -17,6 +17,7 @@ from typing import Any
 
 from flask import Flask, Response, abort, g, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.wsgi import get_content_length
 
 from mini_ipam.driver import Driver, Json
 from mini_ipam.errors import InvalidRequest, IpamError
@@ -30,17 +31,28 @@ MAX_BODY = 64 * 1024
 
 log = logging.getLogger("mini_ipam.requests")
 
+ACTIVATED = json.dumps({"Implements": ["IpamDriver"]}).encode()
+OTHER = "other"
+"""The metric label of requests to paths that are not protocol methods."""
+
 
 def create_app(driver: Driver, *, operations: Operations | None = None, metrics: Metrics | None = None) -> Flask:
     """The WSGI app for ``driver``; no module-level state, so tests can build many.
 
     Besides the plugin protocol (POST), the socket answers ``GET /healthz``,
     ``GET /metrics`` (Prometheus text) and ``GET /inventory`` (the map, as JSON).
+
+    Each protocol request is timed, counted and logged by its own view, which
+    also turns its refusals into replies; the error handlers do the same for
+    requests that never reach a view (unknown paths, oversized bodies). No
+    after-request hook runs: on the driver's hot path it cost more than a bare
+    Flask route's whole dispatch.
     """
     app = Flask("mini_ipam")
     operations = operations or Operations(driver.allocator)
     metrics = metrics or Metrics()
     metrics.watch_map(operations.inventory)
+    record = RequestRecorder(metrics)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     methods: dict[str, Callable[[Json], Json]] = {
         "GetCapabilities": driver.get_capabilities,
@@ -53,18 +65,28 @@ def create_app(driver: Driver, *, operations: Operations | None = None, metrics:
 
     @app.post("/Plugin.Activate", provide_automatic_options=False)
     def activate() -> Response:
-        return reply({"Implements": ["IpamDriver"]})
+        started = time.perf_counter()
+        record("Plugin.Activate", "Plugin.Activate", "", 200, started)
+        return reply_bytes(ACTIVATED)
 
     @app.post("/IpamDriver.<method>", provide_automatic_options=False)
     def ipam(method: str) -> Response:
+        started = time.perf_counter()
         handler = methods.get(method)
         if handler is None:
-            return reply({"Err": f"unknown method IpamDriver.{method}"}, 404)
-        g.ipam_method = method
-        body = parse_body(request.get_data(cache=False))
-        g.ipam_pool = body.get("PoolID") or body.get("Pool") or ""
-        result = handler(body)
-        g.ipam_pool = result.get("PoolID", g.ipam_pool)
+            message = f"unknown method IpamDriver.{method}"
+            record(f"IpamDriver.{method}", OTHER, "", 404, started, None, message)
+            return reply({"Err": message}, 404)
+        pool: object = ""
+        try:
+            body = parse_body(request.get_data(cache=False))
+            pool = body.get("PoolID") or body.get("Pool") or ""
+            result = handler(body)
+        except Exception as error:  # every refusal, and every crash, is answered and logged here
+            refusal = Refusal(error, request.path)
+            record(method, method, pool, refusal.status, started, refusal.kind, refusal.message)
+            return refusal.reply()
+        record(method, method, result.get("PoolID", pool), 200, started)
         return reply(result)
 
     @app.get("/healthz")
@@ -80,54 +102,80 @@ def create_app(driver: Driver, *, operations: Operations | None = None, metrics:
     def inventory() -> Response:
         return Response(json.dumps(operations.inventory().to_json()), content_type="application/json")
 
-    @app.errorhandler(IpamError)
-    def refused(error: IpamError) -> Response:
-        g.error_kind = type(error).__name__
-        return reply({"Err": str(error)}, error.status)
-
-    @app.errorhandler(HTTPException)
-    def http_error(error: HTTPException) -> Response:
-        g.error_kind = f"http_{error.code}"
-        return reply({"Err": f"{error.name}: {error.description}"}, error.code or 500)
-
     @app.errorhandler(Exception)
-    def crashed(error: Exception) -> Response:
-        g.error_kind = "internal"
-        log.exception("unexpected error in %s", request.path)
-        return reply({"Err": f"internal error in mini-ipam ({type(error).__name__}); see the driver's log"}, 500)
+    def unanswered(error: Exception) -> Response:
+        """Requests that failed before reaching a view, or in the operator's GET routes."""
+        refusal = Refusal(error, request.path)
+        if request.method == "POST":  # health checks and scrapes are not protocol requests
+            method = request.path.lstrip("/")
+            label = method if method == "Plugin.Activate" else OTHER
+            started = getattr(g, "started", None)
+            record(method, label, "", refusal.status, started, refusal.kind, refusal.message)
+        return refusal.reply()
 
     @app.before_request
-    def start_clock() -> None:
-        g.started = time.perf_counter()
-        if (request.content_length or 0) > MAX_BODY:
+    def check_size() -> None:
+        length = request.environ.get("CONTENT_LENGTH")
+        # A length of four characters or fewer cannot exceed 64 KiB; a longer one is read exactly as
+        # Request.content_length reads it (chunked bodies are counted while they are read).
+        if length is not None and len(length) >= 5 and (get_content_length(request.environ) or 0) > MAX_BODY:
+            g.started = time.perf_counter()
             abort(413)  # even for calls that never read their body
 
-    @app.after_request
-    def log_request(response: Response) -> Response:
-        if request.method != "POST":
-            return response  # health checks and scrapes are not protocol requests
-        method = getattr(g, "ipam_method", request.path.lstrip("/"))
-        seconds = time.perf_counter() - getattr(g, "started", time.perf_counter())
-        error = None if response.status_code == 200 else _printable(_error_of(response), 300)
-        known = hasattr(g, "ipam_method") or request.path == "/Plugin.Activate"
-        method = _printable(method)
-        pool = _printable(str(getattr(g, "ipam_pool", "") or "-"))
-        # Paths are the client's to choose: only known methods become metric labels.
-        label = method if known else "other"
-        metrics.observe_request(label, response.status_code, getattr(g, "error_kind", None), seconds)
-        fields = {
-            "method": method,
-            "pool": pool,
-            "status": response.status_code,
-            "duration_ms": round(seconds * 1000, 3),
-        }
-        if error is not None:
-            fields["error"] = error
-        outcome = "ok" if error is None else f"{response.status_code} {error}"
-        log.info("%s pool=%s %s %.1fms", method, pool, outcome, seconds * 1000, extra={FIELDS: fields})
-        return response
-
     return app
+
+
+class RequestRecorder:
+    """Counts, times and logs one answered protocol request."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._observe = metrics.observe_request
+
+    def __call__(
+        self,
+        method: str,
+        label: str,
+        pool: object,
+        status: int,
+        started: float | None,
+        error_kind: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Record a request: ``label`` is its metric label (only known methods: paths are the client's to choose)."""
+        seconds = 0.0 if started is None else time.perf_counter() - started
+        self._observe(label, status, error_kind, seconds)
+        if log.isEnabledFor(logging.INFO):
+            _log_line(method, pool, status, error, seconds)
+
+
+class Refusal:
+    """The answer to a request that failed: its status, the kind of error for the metrics, its message."""
+
+    def __init__(self, error: Exception, where: str) -> None:
+        if isinstance(error, IpamError):
+            self.status, self.kind, self.message = error.status, type(error).__name__, str(error)
+        elif isinstance(error, HTTPException):
+            self.status, self.kind = error.code or 500, f"http_{error.code}"
+            self.message = f"{error.name}: {error.description}"
+        else:
+            log.error("unexpected error in %s", where, exc_info=error)
+            self.status, self.kind = 500, "internal"
+            self.message = f"internal error in mini-ipam ({type(error).__name__}); see the driver's log"
+
+    def reply(self) -> Response:
+        """The ``{"Err": ...}`` reply."""
+        return reply({"Err": self.message}, self.status)
+
+
+def _log_line(method: str, pool: object, status: int, error: str | None, seconds: float) -> None:
+    method = _printable(method)
+    pool_text = _printable(str(pool or "-"))
+    fields = {"method": method, "pool": pool_text, "status": status, "duration_ms": round(seconds * 1000, 3)}
+    if error is not None:
+        error = _printable(error, 300)
+        fields["error"] = error
+    outcome = "ok" if error is None else f"{status} {error}"
+    log.info("%s pool=%s %s %.1fms", method, pool_text, outcome, seconds * 1000, extra={FIELDS: fields})
 
 
 def parse_body(data: bytes) -> Json:
@@ -148,14 +196,14 @@ def reply(payload: dict[str, Any], status: int = 200) -> Response:
     return Response(json.dumps(payload), status=status, content_type=CONTENT_TYPE)
 
 
+def reply_bytes(body: bytes, status: int = 200) -> Response:
+    """A reply whose JSON body is already encoded."""
+    return Response(body, status=status, content_type=CONTENT_TYPE)
+
+
 def _printable(text: str, limit: int = 120) -> str:
     """``text`` safe for one log line: control characters escaped, length capped."""
+    if len(text) <= limit and text.isprintable():
+        return text  # nearly every line: nothing to escape
     escaped = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[: limit + 1])
     return escaped if len(escaped) <= limit else escaped[:limit] + "..."
-
-
-def _error_of(response: Response) -> str:
-    try:
-        return str(json.loads(response.get_data()).get("Err", ""))
-    except ValueError:
-        return ""

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 
@@ -31,9 +32,7 @@ def parse_network(text: str, what: str) -> Network:
 def parse_address(text: str, what: str) -> Address:
     """A bare IP address; InvalidRequest, naming ``what``, for anything else (IPv6 zones too)."""
     try:
-        if "%" in text:
-            raise ValueError(text)
-        return ipaddress.ip_address(text)
+        return _address(text)
     except ValueError:
         raise InvalidRequest(f"{what} {text!r} is not an IP address") from None
 
@@ -53,16 +52,33 @@ class PoolId:
     @classmethod
     def parse(cls, text: str) -> PoolId:
         """Parse a PoolID; InvalidRequest names what is wrong with it."""
-        parts = text.split("/")
-        if len(parts) not in (3, 5) or parts[0] not in SPACES:
-            raise InvalidRequest(f"malformed PoolID {text!r}: expected <local|global>/<subnet>[/<ip-range>]")
-        try:
-            subnet = parse_network("/".join(parts[1:3]), "subnet")
-            ip_range = parse_network("/".join(parts[3:5]), "ip-range") if len(parts) == 5 else None
-        except InvalidRequest as exc:
-            raise InvalidRequest(f"malformed PoolID {text!r}: {exc}") from None
-        if subnet.prefixlen > SMALLEST[subnet.version]:
-            raise InvalidRequest(f"malformed PoolID {text!r}: no pool is smaller than /{SMALLEST[subnet.version]}")
-        if ip_range is not None and (ip_range.version != subnet.version or not ip_range.subnet_of(subnet)):  # type: ignore[arg-type]
-            raise InvalidRequest(f"malformed PoolID {text!r}: the ip-range is not inside the subnet")
-        return cls(parts[0], subnet, ip_range)
+        return _parse_pool_id(text)
+
+
+# Every address request names its pool again, and parsing one is ipaddress work, so parses are
+# remembered. PoolIds, networks and addresses never change, so sharing them between requests is
+# safe; refusals raise and are not remembered. Two caches of 4096 entries stay under ~3 MB.
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_pool_id(text: str) -> PoolId:
+    parts = text.split("/")
+    if len(parts) not in (3, 5) or parts[0] not in SPACES:
+        raise InvalidRequest(f"malformed PoolID {text!r}: expected <local|global>/<subnet>[/<ip-range>]")
+    try:
+        subnet = parse_network("/".join(parts[1:3]), "subnet")
+        ip_range = parse_network("/".join(parts[3:5]), "ip-range") if len(parts) == 5 else None
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"malformed PoolID {text!r}: {exc}") from None
+    if subnet.prefixlen > SMALLEST[subnet.version]:
+        raise InvalidRequest(f"malformed PoolID {text!r}: no pool is smaller than /{SMALLEST[subnet.version]}")
+    if ip_range is not None and (ip_range.version != subnet.version or not ip_range.subnet_of(subnet)):  # type: ignore[arg-type]
+        raise InvalidRequest(f"malformed PoolID {text!r}: the ip-range is not inside the subnet")
+    return PoolId(parts[0], subnet, ip_range)
+
+
+@functools.lru_cache(maxsize=4096)
+def _address(text: str) -> Address:
+    if "%" in text:
+        raise ValueError(text)
+    return ipaddress.ip_address(text)
