@@ -12,10 +12,13 @@ worst leave one unacknowledged, half-written last line, which start-up drops.
 Anything else that cannot be read stops start-up with ``CorruptState``: state is
 never reset silently.
 
-When the journal has grown past twice the live state, a new snapshot is written
-to a temporary file, synced and renamed over the old one, and the journal starts
-over as generation G+1. That keeps the cost of a change independent of the number
-of live claims (amortised), and the files small.
+When the journal has grown past twice the live state, the journal starts over as
+generation G+1 and a snapshot of the state at that moment is written behind it,
+in a thread of its own, to a temporary file, synced and renamed over the old one;
+then the older journals are removed. Until the rename, start-up replays snapshot G
+and journals G and G+1. That keeps the cost of a change independent of the number
+of live claims (amortised), and the files small; requests wait only while the state
+is copied, not while the snapshot is encoded and written.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +37,8 @@ from stores.memory import Event, MemoryStore, decode_event, encode_event
 
 FORMAT = 1
 MIN_COMPACT_EVENTS = 1024
+SNAPSHOT_CHUNK = 1000
+"""Events encoded per step while a snapshot is written, so requests get the interpreter in between."""
 
 
 class FileStore(MemoryStore):
@@ -51,6 +57,7 @@ class FileStore(MemoryStore):
         self._log_size = 0
         self._log_events = 0
         self._live_events = 0
+        self._compactor: threading.Thread | None = None
         if read_only:
             if not self.path.exists() and not self._log_path(0).exists():
                 raise StoreError(f"there is no state at {self.path} (has a driver run with this store?)")
@@ -98,10 +105,8 @@ class FileStore(MemoryStore):
         """Rebuild state from the snapshot and the journals after it; return the journal generation."""
         generation = self._load_snapshot() if self.path.exists() else 0
         self._live_events = self._live_count()
-        for stale in [] if self.read_only else self.path.parent.glob(f"{self.path.name}.*.log"):
-            suffix = stale.name[len(self.path.name) + 1 : -len(".log")]
-            if suffix.isdigit() and int(suffix) < generation:
-                stale.unlink()
+        if not self.read_only:
+            self._remove_journals_before(generation)
         while self._log_path(generation + 1).exists():
             # A compaction died after starting the next journal but before its snapshot landed.
             self._replay_log(generation)
@@ -213,33 +218,72 @@ class FileStore(MemoryStore):
         self._log_size += len(line)
 
     def _compact(self) -> None:
-        """Write a snapshot of the live state and start the next journal generation."""
+        """Start the next journal generation and have a thread write the snapshot it follows.
+
+        Runs under the store's lock, and does there only what must be atomic with the
+        changes: copy the state (as events of values that never change) and switch the
+        journal. Encoding and writing the snapshot, the part that grows with the state,
+        happens in ``_write_snapshot`` while requests go on.
+        """
+        if self._compactor is not None and self._compactor.is_alive():
+            return  # the previous snapshot is still being written; the journal just grows meanwhile
+        events = list(self._snapshot_events())
         generation = self._generation + 1
-        events = [encode_event(event) for event in self._snapshot_events()]
-        body = json.dumps({"format": FORMAT, "generation": generation, "events": events}, separators=(",", ":"))
+        try:
+            fd = os.open(self._log_path(generation), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            _sync_directory(self.path.parent)
+        except OSError:
+            self._log_events = 0  # nothing changed; compaction is retried after later changes
+            return
+        if self._log_fd is not None:
+            os.close(self._log_fd)
+        self._log_fd, self._log_size, self._generation = fd, os.fstat(fd).st_size, generation
+        self._log_events = 0
+        self._live_events = len(events)
+        self._compactor = threading.Thread(
+            target=self._write_snapshot, args=(generation, events), name="mini-ipam snapshot", daemon=True
+        )
+        self._compactor.start()
+
+    def _write_snapshot(self, generation: int, events: list[Event]) -> None:
+        """Write snapshot ``generation`` of ``events``, then remove the journals it replaces."""
         temporary = self.path.with_name(self.path.name + ".tmp")
         try:
             with open(temporary, "wb") as handle:
-                handle.write(body.encode())
+                handle.write(b'{"format":%d,"generation":%d,"events":[' % (FORMAT, generation))
+                for start in range(0, len(events), SNAPSHOT_CHUNK):
+                    chunk = events[start : start + SNAPSHOT_CHUNK]
+                    text = ",".join(json.dumps(encode_event(event), separators=(",", ":")) for event in chunk)
+                    handle.write(b"," if start else b"")
+                    handle.write(text.encode())
+                handle.write(b"]}")
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(temporary, self.path)
             _sync_directory(self.path.parent)
         except OSError:
-            # The old snapshot and journal are intact; compaction is retried after later changes.
-            self._log_events = 0
+            # The old snapshot and every journal since are intact: start-up replays them all, and the
+            # next compaction writes a snapshot again.
             return
-        if self._log_fd is not None:
-            os.close(self._log_fd)
-        self._log_path(self._generation).unlink(missing_ok=True)
-        self._generation = generation
-        self._log_events = 0
-        self._live_events = len(events)
-        self._open_log()
+        self._remove_journals_before(generation)
+
+    def _remove_journals_before(self, generation: int) -> None:
+        """Delete the journals that snapshot ``generation`` replaces."""
+        for stale in self.path.parent.glob(f"{self.path.name}.*.log"):
+            suffix = stale.name[len(self.path.name) + 1 : -len(".log")]
+            if suffix.isdigit() and int(suffix) < generation:
+                stale.unlink(missing_ok=True)
+
+    def wait_for_snapshot(self) -> None:
+        """Return once no snapshot is being written (for tests and benchmarks)."""
+        compactor = self._compactor
+        if compactor is not None:
+            compactor.join()
 
     def close(self) -> None:
-        """Close the journal and release the lock on the state file."""
+        """Finish a snapshot being written, close the journal and release the lock on the state file."""
         with self._lock:
+            self.wait_for_snapshot()
             if self._log_fd is not None:
                 os.close(self._log_fd)
                 self._log_fd = None

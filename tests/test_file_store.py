@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -200,3 +202,29 @@ def test_the_journal_keeps_its_text_form(tmp_path: Path) -> None:
     lines = [json.loads(line) for line in (tmp_path / "state.json.0.log").read_text().splitlines()]
     assert [(e["subnet"], e.get("address")) for e in lines] == [("fd00:1::/64", None), ("fd00:1::/64", "fd00:1::a")]
     assert lines[1]["note"] == "gateway"
+
+
+def test_changes_made_while_a_snapshot_is_written_survive_a_crash(tmp_path: Path, monkeypatch) -> None:
+    release = threading.Event()
+    write_snapshot = FileStore._write_snapshot
+
+    def held_back(self: FileStore, generation: int, events: list[dict[str, object]]) -> None:
+        release.wait(30)
+        write_snapshot(self, generation, events)
+
+    monkeypatch.setattr(FileStore, "_write_snapshot", held_back)
+    store = FileStore(tmp_path / "live" / "state.json")
+    kept = [open_dynamic(store) for _ in range(5)]
+    store._compact()  # journal 1 starts now; snapshot 1 is not written yet
+    kept.append(open_dynamic(store))
+    store.claim_address(kept[0], "s", ip(kept[0][1]))
+    # A crash at this moment leaves the files as they are now.
+    shutil.copytree(tmp_path / "live", tmp_path / "crashed", ignore=shutil.ignore_patterns("*.lock"))
+    release.set()
+    store.close()
+    assert json.loads((tmp_path / "live" / "state.json").read_text())["generation"] == 1
+    for directory in ("live", "crashed"):
+        reopened = FileStore(tmp_path / directory / "state.json")
+        assert sorted(b.subnet for b in reopened.blocks()) == sorted(kept), directory
+        assert reopened.addresses(kept[0], "s") == [ip(kept[0][1])], directory
+        reopened.close()
