@@ -180,7 +180,7 @@ def _log_line(method: str, pool: object, status: int, error: str | None, seconds
 
 def parse_body(data: bytes) -> Json:
     """The request's JSON object; an empty body is an empty object."""
-    if not data.strip():
+    if not data or data.isspace():
         return {}
     try:
         body = json.loads(data)

@@ -33,7 +33,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from stores import ConfigurationError, CorruptState, StoreError
-from stores.memory import Event, MemoryStore, decode_event, encode_event
+from stores.memory import Event, MemoryStore, StateCopy, decode_event, encode_event
 
 FORMAT = 1
 MIN_COMPACT_EVENTS = 1024
@@ -221,13 +221,13 @@ class FileStore(MemoryStore):
         """Start the next journal generation and have a thread write the snapshot it follows.
 
         Runs under the store's lock, and does there only what must be atomic with the
-        changes: copy the state (as events of values that never change) and switch the
-        journal. Encoding and writing the snapshot, the part that grows with the state,
-        happens in ``_write_snapshot`` while requests go on.
+        changes: copy the state (plain tuples) and switch the journal. Building, encoding
+        and writing the snapshot, the part that grows with the state, happens in
+        ``_write_snapshot`` while requests go on.
         """
         if self._compactor is not None and self._compactor.is_alive():
             return  # the previous snapshot is still being written; the journal just grows meanwhile
-        events = list(self._snapshot_events())
+        state = self._copy_state()
         generation = self._generation + 1
         try:
             fd = os.open(self._log_path(generation), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -239,15 +239,16 @@ class FileStore(MemoryStore):
             os.close(self._log_fd)
         self._log_fd, self._log_size, self._generation = fd, os.fstat(fd).st_size, generation
         self._log_events = 0
-        self._live_events = len(events)
+        self._live_events = self._live_count()
         self._compactor = threading.Thread(
-            target=self._write_snapshot, args=(generation, events), name="mini-ipam snapshot", daemon=True
+            target=self._write_snapshot, args=(generation, state), name="mini-ipam snapshot", daemon=True
         )
         self._compactor.start()
 
-    def _write_snapshot(self, generation: int, events: list[Event]) -> None:
-        """Write snapshot ``generation`` of ``events``, then remove the journals it replaces."""
+    def _write_snapshot(self, generation: int, state: StateCopy) -> None:
+        """Write snapshot ``generation`` of ``state``, then remove the journals it replaces."""
         temporary = self.path.with_name(self.path.name + ".tmp")
+        events = list(self._snapshot_events(state))
         try:
             with open(temporary, "wb") as handle:
                 handle.write(b'{"format":%d,"generation":%d,"events":[' % (FORMAT, generation))

@@ -42,6 +42,12 @@ from stores import (
 from stores.tree import BlockTree
 
 Event = dict[str, Any]
+StateCopy = tuple[
+    dict[str, str],  # settings
+    dict[int, tuple[str, str, float]],  # block key -> label, owner, since
+    list[tuple[int, str, str, float, int | None, dict[int, tuple[float, str]] | None]],  # pools
+]
+"""What ``MemoryStore._copy_state`` returns."""
 
 BITMAP_BITS = 16
 """Pools of at most 2**16 addresses track their claims in one int bitmap; larger ones in a BlockTree."""
@@ -178,14 +184,12 @@ class MemoryStore:
             return _address(subnet.version, found)
 
     def _next_free(self, pool: _Pool, key: int, first: int, last: int, serial: bool) -> int | None:
-        starts = [first]
         if serial and pool.cursor is not None and first <= pool.cursor < last:
-            starts.insert(0, pool.cursor + 1)
-        for start in starts:
-            found = _first_unclaimed(pool, key, start)
+            found = _first_unclaimed(pool, key, pool.cursor + 1)
             if found is not None and found <= last:
                 return found
-        return None
+        found = _first_unclaimed(pool, key, first)
+        return found if found is not None and found <= last else None
 
     def release_address(self, subnet: Network, scope: str, address: Address) -> bool:
         with self._lock:
@@ -304,32 +308,41 @@ class MemoryStore:
             version, net, plen = split_key(key)
             self._maps[version].release(net, plen)
 
-    def _snapshot_events(self) -> Iterator[Event]:
-        """Events that rebuild the current state from nothing (used to compact journals).
+    def _copy_state(self) -> StateCopy:
+        """A consistent copy of the state, as cheap to take under the lock as can be: plain tuples.
 
-        Take them under the lock: they are fresh dicts of unchanging values, so a
-        list of them is a consistent copy that may be encoded after the lock is left.
+        Events are built from it afterwards (``_snapshot_events``), outside the lock.
         """
-        for name, value in self._settings.items():
+        blocks = {key: (block.label, block.owner, block.since) for key, block in self._blocks.items()}
+        pools = [
+            (key, scope, pool.owner, pool.since, pool.cursor, dict(pool.claims) if pool.claims else None)
+            for (key, scope), pool in self._pools.items()
+        ]
+        return dict(self._settings), blocks, pools
+
+    def _snapshot_events(self, state: StateCopy | None = None) -> Iterator[Event]:
+        """Events that rebuild ``state`` (a ``_copy_state``; by default the current state) from nothing."""
+        settings, blocks, pools = self._copy_state() if state is None else state
+        for name, value in settings.items():
             yield {"op": "set", "name": name, "value": value}
         described: set[int] = set()
-        for (key, scope), pool in self._pools.items():
+        for key, scope, owner, since, cursor, claims in pools:
             spec: dict[str, Any] | None = None
             if key not in described:
                 described.add(key)
-                block = self._blocks[key]
-                spec = {"label": block.label, "owner": block.owner, "since": block.since}
+                label, block_owner, block_since = blocks[key]
+                spec = {"label": label, "owner": block_owner, "since": block_since}
             yield {
                 "op": "open",
                 "subnet": key,
                 "scope": scope,
-                "owner": pool.owner,
-                "since": pool.since,
+                "owner": owner,
+                "since": since,
                 "block": spec,
-                "cursor": pool.cursor,
+                "cursor": cursor,
             }
-            for address, (since, note) in sorted((pool.claims or {}).items()):
-                yield _claim_event(key, scope, address, note, serial=False, since=since)
+            for address, (claimed_since, note) in sorted((claims or {}).items()):
+                yield _claim_event(key, scope, address, note, serial=False, since=claimed_since)
 
     def _live_count(self) -> int:
         """How many events ``_snapshot_events`` would yield, without building them."""
@@ -387,8 +400,8 @@ def split_key(key: int) -> tuple[int, int, int]:
 
 
 def key_of(subnet: Network) -> int:
-    """The block key of a subnet."""
-    return _key(subnet.version, int(subnet.network_address), subnet.prefixlen)
+    """The block key of a subnet (``_key``, spelt out: every store call makes one)."""
+    return (int(subnet.network_address) << 8 | subnet.prefixlen) << 1 | (subnet.version == 6)
 
 
 def network_of(key: int) -> Network:

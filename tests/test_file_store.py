@@ -208,9 +208,9 @@ def test_changes_made_while_a_snapshot_is_written_survive_a_crash(tmp_path: Path
     release = threading.Event()
     write_snapshot = FileStore._write_snapshot
 
-    def held_back(self: FileStore, generation: int, events: list[dict[str, object]]) -> None:
+    def held_back(self: FileStore, generation: int, state: object) -> None:
         release.wait(30)
-        write_snapshot(self, generation, events)
+        write_snapshot(self, generation, state)
 
     monkeypatch.setattr(FileStore, "_write_snapshot", held_back)
     store = FileStore(tmp_path / "live" / "state.json")
