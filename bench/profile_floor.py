@@ -14,6 +14,9 @@ benchmark (RequestAddress + ReleaseAddress pairs), two views:
    served give microseconds of GIL-holding work per request, by category (``driver: ...`` = under a frame
    of the driver's code, split by the library of the innermost frame; ``framework``; waitress's main loop).
    Categories come from file paths, so this part does not depend on the driver's internals.
+3. Layer by layer, in-process: the driver's app built four times, with the store, then the allocator, then
+   the driver answering canned values, interleaved with the bare app; the differences are each layer's share
+   of a bare request.
 
     python bench/profile_floor.py [--rounds 21] [--pairs 200] [--seconds 20] [--rate 400] [--no-py-spy]
 """
@@ -207,6 +210,93 @@ def in_process(directory: Path, rounds: int, pairs: int, report: Report) -> dict
     }
 
 
+# -- part 3: layer by layer -------------------------------------------------------------
+
+
+def layered_apps() -> dict[str, Any]:
+    """The driver's app (memory store, timed) with ever more of its layers replaced by canned answers.
+
+    ``full``: nothing replaced; ``no store``: the store's two address calls answer at once, untimed (so
+    the difference to ``full`` is the store and its timer); ``no allocator``:
+    the allocator's two address calls answer at once (a prebuilt interface); ``no driver``: the driver's two
+    address methods return canned dicts, leaving Flask, the app module (hook, body parsing, metrics, the log
+    decision, the reply) and nothing else. The differences between neighbours are each layer's own cost.
+    """
+    import ipaddress
+
+    from mini_ipam.allocator import Allocator, Settings
+    from mini_ipam.app import create_app
+    from mini_ipam.driver import Driver as IpamDriver
+    from mini_ipam.metrics import Metrics, TimedStore
+    from stores.memory import MemoryStore
+
+    settings = Settings(parents4=(ipaddress.IPv4Network("10.0.0.0/16"),))
+    address = ipaddress.IPv4Address("10.0.0.1")
+    interface = ipaddress.IPv4Interface("10.0.0.1/24")
+    text = str(interface)
+
+    class NoStore(MemoryStore):
+        def claim_next_address(self, *args: Any, **kwargs: Any) -> Any:
+            return address
+
+        def release_address(self, *args: Any, **kwargs: Any) -> bool:
+            return True
+
+    class NoAllocator(Allocator):
+        def request_address(self, *args: Any, **kwargs: Any) -> Any:
+            return interface
+
+        def release_address(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
+    class NoDriver(IpamDriver):
+        def request_address(self, request: dict[str, Any]) -> dict[str, Any]:
+            return {"Address": text, "Data": {}}
+
+        def release_address(self, request: dict[str, Any]) -> dict[str, Any]:
+            return {}
+
+    def build(
+        driver: type[IpamDriver], allocator: type[Allocator], store: type[MemoryStore], timed: bool = True
+    ) -> Any:
+        metrics = Metrics()
+        inner: Any = TimedStore(store(), metrics) if timed else store()
+        return create_app(driver(allocator(inner, settings)), metrics=metrics)
+
+    return {
+        "full": build(IpamDriver, Allocator, MemoryStore),
+        "no store": build(IpamDriver, Allocator, NoStore, timed=False),
+        "no allocator": build(IpamDriver, NoAllocator, MemoryStore),
+        "no driver": build(NoDriver, Allocator, MemoryStore),
+    }
+
+
+def layers(rounds: int, pairs: int, report: Report) -> dict[str, Any]:
+    """Part 3: each layer's share of a request, as a fraction of the bare app's whole request."""
+    logging.getLogger().setLevel(logging.WARNING)
+    apps = {"bare": bare_app(), **layered_apps()}
+    variants = {}
+    for name, app in apps.items():
+        reply = json.loads(wsgi_post(app, "/IpamDriver.RequestPool", json.dumps(request_pool_body(24)).encode()))
+        variants[name] = wsgi_pairs(app, reply.get("PoolID", "local/10.0.0.0/24"), pairs)
+    for run in variants.values():
+        run()
+    samples = interleave(variants, rounds)
+    ratios = {name: median(round_ratios(samples[name], samples["bare"])) for name in apps if name != "bare"}
+    shares = {
+        "app module and Flask extras (hook, body, metrics, log decision)": ratios["no driver"] - 1,
+        "driver (decode, encode)": ratios["no allocator"] - ratios["no driver"],
+        "allocator (its own work)": ratios["no store"] - ratios["no allocator"],
+        "memory store and its timer": ratios["full"] - ratios["no store"],
+    }
+    print(f"layer by layer, in-process, log level warning ({rounds} interleaved rounds of {pairs} pairs):")
+    for name, ratio in ratios.items():
+        print(f"  {name:<14} {ratio:6.3f} x the bare app")
+    for name, share in shares.items():
+        report.add(f"profile layers: {name}, share of a bare request", share, "x")
+    return {"ratios_to_bare": ratios, "shares_of_bare": shares}
+
+
 # -- part 2: py-spy on the real servers ---------------------------------------------
 
 DRIVER_FILES = (
@@ -369,6 +459,7 @@ def main() -> None:
     report = Report("profile_floor", "where a driver request's time goes, vs the bare Flask route")
     with temp_directory("prof") as directory:
         report.details["in_process"] = in_process(directory, args.rounds, args.pairs, report)
+    report.details["layers"] = layers(args.rounds, args.pairs, report)
     if args.no_py_spy:
         pass
     elif shutil.which("py-spy") is None:
