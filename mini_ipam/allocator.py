@@ -22,12 +22,14 @@ from one process or many hosts, can never hand out the same thing twice.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import secrets
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from types import TracebackType
 
 import stores
 from mini_ipam.errors import AddressNotFound, Conflict, Exhausted, InvalidRequest, PoolNotFound, StoreFailed
@@ -191,18 +193,15 @@ class Allocator:
         scope = self._scope(pool_id.space)
         if address is not None:
             self._check_address(subnet, address)
-        if gateway:
-            with _store_errors(), _pool_known(pool_id):
+        note = GATEWAY_NOTE if gateway else ""
+        with _StoreCall(pool_id):
+            if gateway:
                 self._check_gateway(pool_id, address)
-        if address is not None:
-            note = GATEWAY_NOTE if gateway else ""
-            with _store_errors(), _pool_known(pool_id):
+            if address is not None:
                 if not self.store.claim_address(subnet, scope, address, note) and not self._accepts_repeats(pool_id):
                     raise Conflict(f"address {address} is already in use in pool {pool_id}")
-            return _interface(address, subnet)
-        first, last = _usable_range(subnet, pool_id.ip_range)
-        with _store_errors(), _pool_known(pool_id):
-            note = GATEWAY_NOTE if gateway else ""
+                return _interface(address, subnet)
+            first, last = _usable_addresses(subnet, pool_id.ip_range)
             if gateway and int(first) <= int(last) and self.store.claim_address(subnet, scope, first, note):
                 return _interface(first, subnet)
             found = self.store.claim_next_address(subnet, scope, first, last, serial, note)
@@ -255,7 +254,7 @@ class Allocator:
     def release_address(self, pool_id: PoolId, address: Address) -> None:
         """Release an address of a pool."""
         self._check_address(pool_id.subnet, address)
-        with _store_errors(release=True), _pool_known(pool_id):
+        with _StoreCall(pool_id, release=True):
             released = self.store.release_address(pool_id.subnet, self._scope(pool_id.space), address)
         if not released:
             raise AddressNotFound(f"address {address} is not allocated in pool {pool_id}")
@@ -270,7 +269,7 @@ class Allocator:
     def _check_address(subnet: Network, address: Address) -> None:
         if address.version != subnet.version or address not in subnet:
             raise InvalidRequest(f"address {address} is not inside pool subnet {subnet}")
-        first, last = _usable_range(subnet, None)
+        first, last = _usable_addresses(subnet, None)
         if not int(first) <= int(address) <= int(last):
             raise InvalidRequest(f"address {address} is reserved in {subnet} (network or broadcast address)")
 
@@ -290,8 +289,15 @@ def _usable_range(subnet: Network, ip_range: Network | None) -> tuple[Address, A
     return first, last
 
 
+# Every address request needs its pool's usable range; pools are few, requests many.
+_usable_addresses = functools.lru_cache(maxsize=4096)(_usable_range)
+
+
 def _interface(address: Address, subnet: Network) -> IPInterface:
-    return ipaddress.ip_interface(f"{address}/{subnet.prefixlen}")
+    """``address`` with the pool's prefix length, built from integers (no text round trip)."""
+    if address.version == 4:
+        return ipaddress.IPv4Interface((int(address), subnet.prefixlen))
+    return ipaddress.IPv6Interface((int(address), subnet.prefixlen))
 
 
 def _label(space: str, ip_range: Network | None) -> str:
@@ -320,14 +326,35 @@ def _store_errors(release: bool = False) -> Iterator[None]:
     try:
         yield
     except stores.StoreError as exc:
-        if release:
-            raise StoreFailed(f"the address store failed; the release may or may not have happened: {exc}") from exc
-        raise StoreFailed(f"the address store failed, nothing was changed: {exc}") from exc
+        raise _store_failed(exc, release) from exc
 
 
-@contextmanager
-def _pool_known(pool_id: PoolId) -> Iterator[None]:
-    try:
-        yield
-    except stores.UnknownPool:
-        raise PoolNotFound(f"pool {pool_id} is not known here") from None
+def _store_failed(exc: stores.StoreError, release: bool) -> StoreFailed:
+    if release:
+        return StoreFailed(f"the address store failed; the release may or may not have happened: {exc}")
+    return StoreFailed(f"the address store failed, nothing was changed: {exc}")
+
+
+class _StoreCall:
+    """``_store_errors`` for calls on one pool, plus UnknownPool as PoolNotFound.
+
+    A class rather than a generator: it wraps every address request, and entering a
+    generator-based context manager costs several times as much.
+    """
+
+    __slots__ = ("pool_id", "release")
+
+    def __init__(self, pool_id: PoolId, release: bool = False) -> None:
+        self.pool_id = pool_id
+        self.release = release
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if exc is None:
+            return
+        if isinstance(exc, stores.UnknownPool):
+            raise PoolNotFound(f"pool {self.pool_id} is not known here") from None
+        if isinstance(exc, stores.StoreError):
+            raise _store_failed(exc, self.release) from exc

@@ -32,6 +32,9 @@ MAX_BODY = 64 * 1024
 log = logging.getLogger("mini_ipam.requests")
 
 ACTIVATED = json.dumps({"Implements": ["IpamDriver"]}).encode()
+ADDRESS_METHODS = frozenset({"RequestAddress", "ReleaseAddress"})
+"""Per-container traffic: granted, it is logged at debug, so that level info keeps a line per
+network change and per refusal rather than one per container start and stop."""
 OTHER = "other"
 """The metric label of requests to paths that are not protocol methods."""
 
@@ -144,8 +147,9 @@ class RequestRecorder:
         """Record a request: ``label`` is its metric label (only known methods: paths are the client's to choose)."""
         seconds = 0.0 if started is None else time.perf_counter() - started
         self._observe(label, status, error_kind, seconds)
-        if log.isEnabledFor(logging.INFO):
-            _log_line(method, pool, status, error, seconds)
+        level = logging.DEBUG if error is None and method in ADDRESS_METHODS else logging.INFO
+        if log.isEnabledFor(level):
+            _log_line(level, method, pool, status, error, seconds)
 
 
 class Refusal:
@@ -167,7 +171,7 @@ class Refusal:
         return reply({"Err": self.message}, self.status)
 
 
-def _log_line(method: str, pool: object, status: int, error: str | None, seconds: float) -> None:
+def _log_line(level: int, method: str, pool: object, status: int, error: str | None, seconds: float) -> None:
     method = _printable(method)
     pool_text = _printable(str(pool or "-"))
     fields = {"method": method, "pool": pool_text, "status": status, "duration_ms": round(seconds * 1000, 3)}
@@ -175,7 +179,7 @@ def _log_line(method: str, pool: object, status: int, error: str | None, seconds
         error = _printable(error, 300)
         fields["error"] = error
     outcome = "ok" if error is None else f"{status} {error}"
-    log.info("%s pool=%s %s %.1fms", method, pool_text, outcome, seconds * 1000, extra={FIELDS: fields})
+    log.log(level, "%s pool=%s %s %.1fms", method, pool_text, outcome, seconds * 1000, extra={FIELDS: fields})
 
 
 def parse_body(data: bytes) -> Json:

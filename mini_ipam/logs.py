@@ -48,9 +48,9 @@ def setup_logging(level: str, form: str, stream: str = "stderr") -> None:
     """Log to ``stream`` ("stderr" or "stdout") at ``level`` in ``form`` ("text" or "json")."""
     handler = logging.StreamHandler(sys.stdout if stream == "stdout" else sys.stderr)
     handler.setFormatter(JsonFormatter() if form == "json" else TextFormatter())
-    # Every request logs a line at INFO. No format here shows the thread, the process or the
-    # calling source line, and collecting them was about a third of a line's cost: the logging
-    # HOWTO's "Optimization" section names these switches for exactly that.
+    # Requests log a line each (granted address requests at DEBUG only). No format here shows the
+    # thread, the process or the calling source line, and collecting them was about a third of a
+    # line's cost: the logging HOWTO's "Optimization" section names these switches for exactly that.
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False

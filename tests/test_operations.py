@@ -196,6 +196,26 @@ def test_text_logs_have_one_line_per_request(tmp_path: Path) -> None:
     assert "RequestPool pool=local/10.9.0.0/24 ok" in lines[0] and lines[0].endswith("ms")
 
 
+@pytest.mark.parametrize("level", ["info", "debug"])
+def test_granted_address_requests_are_logged_at_debug_only(tmp_path: Path, level: str) -> None:
+    """Level info keeps a line per network change and per refusal, not one per container."""
+    driver = DriverProcess(tmp_path / "mini.sock", "--store", "memory://", "--log-level", level).start()
+    try:
+        pool = call(driver.socket_path, "IpamDriver.RequestPool", {"AddressSpace": "local", "Pool": "10.9.0.0/24"})
+        pool_id = pool[1]["PoolID"]
+        assert call(driver.socket_path, "IpamDriver.RequestAddress", {"PoolID": pool_id, "Address": ""})[0] == 200
+        refused = {"PoolID": "local/10.8.0.0/24", "Address": ""}
+        assert call(driver.socket_path, "IpamDriver.RequestAddress", refused)[0] == 400  # PoolNotFound
+    finally:
+        driver.stop()
+    lines = driver.log.read_text().splitlines()
+    granted = [line for line in lines if f"RequestAddress pool={pool_id} ok" in line]
+    assert len(granted) == (1 if level == "debug" else 0), lines
+    assert all(" DEBUG " in line for line in granted)
+    assert sum(f"RequestPool pool={pool_id} ok" in line and " INFO " in line for line in lines) == 1, lines
+    assert sum("RequestAddress pool=local/10.8.0.0/24 400" in line and " INFO " in line for line in lines) == 1, lines
+
+
 @pytest.mark.parametrize("command", ["serve", "ls", "plan", "reconcile"])
 def test_every_command_has_help_with_examples(command: str) -> None:
     result = mini_ipam(command, "--help")

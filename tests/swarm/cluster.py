@@ -329,10 +329,13 @@ class Node:
         return json.loads(result.stdout) if result.returncode == 0 else None
 
     def enable_plugin(self, *, store: str, state: Path, host_id: str | None = None) -> None:
-        """Configure the plugin (store URL, host id, parent, the ``state`` mount) and enable it."""
+        """Configure the plugin (store URL, host id, parent, the ``state`` mount) and enable it.
+
+        At log level debug, so that the engine's log holds every request, address requests included.
+        """
         self.docker(
             "plugin", "set", PLUGIN, f"state.source={state}", f"MINI_IPAM_STORE={store}",
-            f"MINI_IPAM_HOST_ID={host_id or self.name}", f"MINI_IPAM_POOL={PARENT}",
+            f"MINI_IPAM_HOST_ID={host_id or self.name}", f"MINI_IPAM_POOL={PARENT}", "MINI_IPAM_LOG_LEVEL=debug",
             check=True,
         )  # fmt: skip
         self.docker("plugin", "enable", PLUGIN, check=True, timeout=120)
