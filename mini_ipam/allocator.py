@@ -171,14 +171,12 @@ class Allocator:
         """
         scope = self._scope(pool_id.space)
         with _store_errors(release=True):
-            pool = self.store.pool(pool_id.subnet, scope)
-            if pool is not None and _is_shared(pool_id, pool):
-                gateways = self._gateways(pool_id)
-                if gateways:
-                    raise Conflict(
-                        f"pool {pool_id} was not released: its gateway {_names(gateways)} is still claimed, "
-                        "so the network it belongs to still uses it (release the gateway first)"
-                    )
+            gateways = self._shared_gateways(pool_id)
+            if gateways:
+                raise Conflict(
+                    f"pool {pool_id} was not released: its gateway {_names(gateways)} is still claimed, "
+                    "so the network it belongs to still uses it (release the gateway first)"
+                )
             closed = self.store.close_pool(pool_id.subnet, scope)
         if closed is None:
             raise PoolNotFound(f"pool {pool_id} is not held by {self.settings.host_id}")
@@ -225,8 +223,19 @@ class Allocator:
         return pool if _is_shared(pool_id, pool) else None
 
     def _gateways(self, pool_id: PoolId) -> list[Address]:
+        """The pool's addresses claimed as a gateway; UnknownPool when there is no such pool."""
         claims = self.store.address_claims(pool_id.subnet, self._scope(pool_id.space))
         return [claim.address for claim in claims if claim.note == GATEWAY_NOTE]
+
+    def _shared_gateways(self, pool_id: PoolId) -> list[Address]:
+        """The gateways of a shared pool; none for a pool that is not shared, or does not exist."""
+        try:
+            if pool_id.space == GLOBAL:  # shared by definition: no need to read the pool first
+                return self._gateways(pool_id)
+            pool = self.store.pool(pool_id.subnet, self._scope(pool_id.space))
+            return self._gateways(pool_id) if pool is not None and _is_shared(pool_id, pool) else []
+        except stores.UnknownPool:
+            return []
 
     def _check_gateway(self, pool_id: PoolId, address: Address | None) -> None:
         """Refuse a gateway that shows a second network trying to use a shared pool.
@@ -238,12 +247,14 @@ class Allocator:
         (any free one, or a different address). A node-local copy never asks for
         just any gateway, and a global pool has one gateway only.
         """
-        pool = self._shared_pool(pool_id)
-        if pool is None:
-            return
-        held = self._gateways(pool_id)
         copy = pool_id.space != GLOBAL
+        if copy and self._shared_pool(pool_id) is None:
+            return
+        # A copy never asks for just any gateway, so that refusal needs no claims read.
+        held = [] if copy and address is None else self._gateways(pool_id)
         if (address is None and (copy or held)) or (address is not None and held and address not in held):
+            pool = self._shared_pool(pool_id)
+            assert pool is not None
             holder = pool.block
             whose = f", whose gateway is {_names(held)}" if held else ""
             raise Conflict(
