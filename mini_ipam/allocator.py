@@ -87,6 +87,7 @@ class Allocator:
         self.store = store
         self.settings = settings
         self._parents6 = settings.parents6
+        self._local_scope = f"{LOCAL}@{settings.host_id}"
 
     @property
     def parents6(self) -> tuple[ipaddress.IPv6Network, ...]:
@@ -274,7 +275,7 @@ class Allocator:
 
     def _scope(self, space: str) -> str:
         """The store scope of a pool: one shared global pool, one local pool per host."""
-        return GLOBAL if space == GLOBAL else f"{LOCAL}@{self.settings.host_id}"
+        return GLOBAL if space == GLOBAL else self._local_scope
 
     @staticmethod
     def _check_address(subnet: Network, address: Address) -> None:
