@@ -51,11 +51,27 @@ class Ledger:
     lock: threading.Lock = field(default_factory=threading.Lock)
     pools: dict[str, set[str]] = field(default_factory=dict)  # PoolID -> acknowledged addresses
     maybe_pools: dict[str, set[str]] = field(default_factory=dict)  # unanswered release (its addresses then)
+    # Calls in flight behind each maybe_pools entry: once a release has landed, another client can be
+    # given the same pool and release it too before the first answer comes back.
+    maybe_calls: Counter[str] = field(default_factory=Counter)
     maybe_addresses: dict[str, set[str]] = field(default_factory=dict)  # PoolID -> unanswered address releases
     unknown_pools: int = 0  # unanswered dynamic RequestPool: some pool may have landed
     unknown_addresses: Counter[str] = field(default_factory=Counter)  # PoolID -> unanswered RequestAddress
     answered: int = 0
     errors: list[str] = field(default_factory=list)
+
+    def maybe(self, pool_id: str, addresses: set[str]) -> None:
+        """A call that may or may not change whether ``pool_id`` (with ``addresses``) exists is in flight."""
+        self.maybe_pools[pool_id] = self.maybe_pools.get(pool_id, set()) | addresses
+        self.maybe_calls[pool_id] += 1
+
+    def answered_maybe(self, pool_id: str) -> None:
+        """That call was answered: the entry goes with the last such call in flight."""
+        self.maybe_calls[pool_id] -= 1
+        if not self.maybe_calls[pool_id]:
+            del self.maybe_calls[pool_id]
+            del self.maybe_pools[pool_id]
+
     calls: Counter[str] = field(default_factory=Counter)
 
 
@@ -86,11 +102,11 @@ def one_call(socket_path: Path, ledger: Ledger, mine: list[str], rng: random.Ran
     if mine and choice < 0.2:
         pool_id = mine.pop(rng.randrange(len(mine)))
         with ledger.lock:  # forget it before asking: once freed, another client may get it at once
-            ledger.maybe_pools[pool_id] = ledger.pools.pop(pool_id)
+            ledger.maybe(pool_id, ledger.pools.pop(pool_id))
         ledger.calls["ReleasePool"] += 1
         status, reply = post(socket_path, "IpamDriver.ReleasePool", {"PoolID": pool_id})
         with ledger.lock:
-            del ledger.maybe_pools[pool_id]
+            ledger.answered_maybe(pool_id)
             if status != 200:
                 ledger.errors.append(f"release of acknowledged pool {pool_id}: {status} {reply}")
         return
@@ -157,11 +173,11 @@ def one_call(socket_path: Path, ledger: Ledger, mine: list[str], rng: random.Ran
     with ledger.lock:
         if pool_id in ledger.maybe_pools or pool_id in ledger.pools:
             return
-        ledger.maybe_pools[pool_id] = set()
+        ledger.maybe(pool_id, set())
     ledger.calls["RequestPool explicit"] += 1
     status, reply = post(socket_path, "IpamDriver.RequestPool", {"AddressSpace": "local", "Pool": str(subnet)})
     with ledger.lock:
-        del ledger.maybe_pools[pool_id]
+        ledger.answered_maybe(pool_id)
         if status == 200:
             ledger.pools[pool_id] = set()
             mine.append(pool_id)
@@ -210,6 +226,7 @@ def reconcile(ledger: Ledger, held: dict[str, set[str]]) -> dict[str, int]:
         # From now on the ledger is what is durably there: the next round starts with no uncertainty.
         ledger.pools = {pool_id: set(addresses) for pool_id, addresses in held.items()}
         ledger.maybe_pools.clear()
+        ledger.maybe_calls.clear()
         ledger.maybe_addresses.clear()
         ledger.unknown_pools = 0
         ledger.unknown_addresses.clear()
