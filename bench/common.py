@@ -37,8 +37,11 @@ REPO = BENCH.parent
 RESULTS = BENCH / "results"
 
 if str(REPO) not in sys.path:
-    # The driver packages are installed (pip install -e .), but tests.e2e.engines is not.
+    # The driver packages are installed (pip install -e .), but the test helpers shared with the
+    # benchmarks (tests.servers, tests.e2e.engines) are not.
     sys.path.insert(1, str(REPO))
+
+from tests.servers import redis_server_command, serve_command  # noqa: E402  (needs the path above)
 
 ACCEPT = "application/vnd.docker.plugins.v1.2+json"
 """What a real engine sends as Accept; it sends no Content-Type."""
@@ -371,17 +374,7 @@ class Driver:
     @property
     def command(self) -> list[str]:
         """The command line that starts the driver."""
-        return [
-            sys.executable,
-            "-m",
-            "mini_ipam",
-            "serve",
-            "--socket",
-            str(self.socket),
-            "--store",
-            self.store,
-            *self.args,
-        ]
+        return serve_command(self.socket, "--store", self.store, *self.args)
 
     @property
     def pid(self) -> int:
@@ -440,21 +433,7 @@ class RedisServer:
     def start(self) -> RedisServer:
         """Start the server and wait until it answers PING."""
         self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                "0",
-                "--unixsocket",
-                str(self.socket),
-                "--unixsocketperm",
-                "700",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.directory),
-            ],
+            redis_server_command("redis-server", self.socket, self.directory),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -52,28 +52,22 @@ LEVELS = ("info", "debug", "warning")
 
 def driver_batch(client: UnixClient, pool_id: str, pairs: int) -> Callable[[], list[float]]:
     """A batch of RequestAddress + ReleaseAddress pairs through the driver; seconds per request."""
-    request = json.dumps(request_address_body(pool_id)).encode()
-    post = client.post
-    clock = time.perf_counter
-
-    def run() -> list[float]:
-        samples = []
-        for _ in range(pairs):
-            started = clock()
-            status, body = post("/IpamDriver.RequestAddress", request)
-            address = json.loads(body)["Address"].split("/")[0]
-            release = json.dumps({"PoolID": pool_id, "Address": address}).encode()
-            status2, _ = post("/IpamDriver.ReleaseAddress", release)
-            samples.append((clock() - started) / 2)
-            if status != 200 or status2 != 200:
-                raise RuntimeError(f"driver refused: {status} {body!r}")
-        return samples
-
-    return run
+    return _pairs(client, pool_id, pairs, lambda reply: json.loads(reply)["Address"].split("/")[0])
 
 
 def bare_batch(client: UnixClient, pool_id: str, pairs: int) -> Callable[[], list[float]]:
     """The same two posts, with the same bodies and JSON handling, to a server that does no IPAM."""
+    return _pairs(client, pool_id, pairs, _decoded_then_fixed)
+
+
+def _decoded_then_fixed(reply: bytes) -> str:
+    """Decode the reply as the driver's variant does, then release a fixed address (nothing was claimed)."""
+    json.loads(reply)
+    return "10.0.0.2"
+
+
+def _pairs(client: UnixClient, pool_id: str, pairs: int, released: Callable[[bytes], str]) -> Callable[[], list[float]]:
+    """Posts a RequestAddress, then the ReleaseAddress of ``released(reply)``; seconds per request."""
     request = json.dumps(request_address_body(pool_id)).encode()
     post = client.post
     clock = time.perf_counter
@@ -83,12 +77,11 @@ def bare_batch(client: UnixClient, pool_id: str, pairs: int) -> Callable[[], lis
         for _ in range(pairs):
             started = clock()
             status, body = post("/IpamDriver.RequestAddress", request)
-            json.loads(body)
-            release = json.dumps({"PoolID": pool_id, "Address": "10.0.0.2"}).encode()
+            release = json.dumps({"PoolID": pool_id, "Address": released(body)}).encode()
             status2, _ = post("/IpamDriver.ReleaseAddress", release)
             samples.append((clock() - started) / 2)
             if status != 200 or status2 != 200:
-                raise RuntimeError(f"baseline refused: {status}")
+                raise RuntimeError(f"server refused: {status} {body!r}")
         return samples
 
     return run

@@ -6,12 +6,11 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from mini_ipam.unix_http import UnixHTTPConnection
-from tests.servers import wait_until
+from tests.servers import serve_command, wait_until
 
 
 def call(socket_path: str | Path, method: str, body: Any = None, timeout: float = 10.0) -> tuple[int, dict[str, Any]]:
@@ -42,7 +41,7 @@ class DriverProcess:
         environment = {**os.environ, **(self.env or {})}
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "mini_ipam", "serve", "--socket", str(self.socket_path), *self.flags],
+                serve_command(self.socket_path, *self.flags),
                 stdout=log,
                 stderr=log,
                 env=environment,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -53,6 +54,28 @@ def wait_until(
         time.sleep(interval)
 
 
+BUSY_LOOP = """
+local t = redis.call('TIME')
+local start = t[1] * 1000000 + t[2]
+while true do
+  local n = redis.call('TIME')
+  if n[1] * 1000000 + n[2] - start > tonumber(ARGV[1]) then return 1 end
+end
+"""
+"""A script that keeps Redis busy for ARGV[1] microseconds: a stalled server that still holds connections."""
+
+
+def redis_server_command(binary: str, socket: Path, directory: Path) -> list[str]:
+    """A redis-server on the Unix socket ``socket`` only (no TCP port), without persistence."""
+    return [binary, "--port", "0", "--unixsocket", str(socket), "--unixsocketperm", "700",
+            "--save", "", "--appendonly", "no", "--dir", str(directory)]  # fmt: skip
+
+
+def serve_command(socket: Path, *flags: str) -> list[str]:
+    """``mini-ipam serve`` on ``socket``, run by this interpreter (so CI's environment is the one tested)."""
+    return [sys.executable, "-m", "mini_ipam", "serve", "--socket", str(socket), *flags]
+
+
 class RedisServer:
     """A redis-server process on a Unix socket in ``directory``, with no TCP port."""
 
@@ -68,21 +91,7 @@ class RedisServer:
     def start(self) -> None:
         binary = require_binary("redis-server")
         self.process = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                "0",
-                "--unixsocket",
-                str(self.socket),
-                "--unixsocketperm",
-                "700",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.directory),
-            ],
+            redis_server_command(binary, self.socket, self.directory),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

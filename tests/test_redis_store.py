@@ -41,7 +41,7 @@ from stores import (
 )
 from stores.memory import MemoryStore
 from stores.redis import RedisStore
-from tests.servers import RedisServer, wait_until
+from tests.servers import BUSY_LOOP, RedisServer, wait_until
 
 net = ipaddress.ip_network
 ip = ipaddress.ip_address
@@ -532,15 +532,6 @@ def test_a_killed_server_fails_fast_and_a_restarted_one_serves_again(own_server:
 
 
 # -- a call that ran but whose reply was delayed or lost -------------------------
-
-BUSY_LOOP = """
-local t = redis.call('TIME')
-local start = t[1] * 1000000 + t[2]
-while true do
-  local n = redis.call('TIME')
-  if n[1] * 1000000 + n[2] - start > tonumber(ARGV[1]) then return 1 end
-end
-"""
 
 
 def stalled_right_after(server: RedisServer, action: Callable[[], object]) -> BaseException | None:

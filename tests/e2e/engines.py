@@ -26,14 +26,13 @@ import re
 import shlex
 import signal
 import subprocess
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from mini_ipam.unix_http import UnixHTTPError, request_json
-from tests.servers import wait_until
+from tests.servers import serve_command, wait_until
 
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 Subnet = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -290,18 +289,8 @@ class Driver:
 
     @property
     def command(self) -> list[str]:
-        # The interpreter running the tests, so CI's environment is the one tested.
-        return [
-            sys.executable,
-            "-m",
-            "mini_ipam",
-            "serve",
-            "--socket",
-            str(self.socket),
-            "--store",
-            self.store,
-            *self.args,
-        ]
+        """The driver's command line."""
+        return serve_command(self.socket, "--store", self.store, *self.args)
 
     def start(self, timeout: float = 15) -> None:
         """Start the process and wait until it answers on its socket."""

@@ -30,7 +30,7 @@ from mini_ipam.unix_http import get_json
 from stores import from_url
 from tests.driver_process import DriverProcess, call
 from tests.hardening.support import DurableRedis, check_map, check_redis_keys
-from tests.servers import RedisServer, wait_until
+from tests.servers import BUSY_LOOP, RedisServer, wait_until
 
 pytestmark = pytest.mark.redis
 
@@ -320,16 +320,6 @@ def test_redis_restarted_paused_and_killed_under_load(
     finally:
         client_.close()
     assert not any(problems.values()), f"calls answered with a 503 changed the map: {problems}"
-
-
-BUSY_LOOP = """
-local t = redis.call('TIME')
-local start = t[1] * 1000000 + t[2]
-while true do
-  local n = redis.call('TIME')
-  if n[1] * 1000000 + n[2] - start > tonumber(ARGV[1]) then return 1 end
-end
-"""
 
 
 def test_a_503_means_nothing_changed_even_when_redis_stalls_right_after_running_the_call(
