@@ -19,16 +19,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import shutil
-import signal
-import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.engines import BusyboxImage, Engine, EngineUnavailable, Host, Lab
+from tests.e2e.engines import BusyboxImage, Engine, EngineUnavailable, Host, Lab, scratch_directory
 from tests.servers import RedisServer, require_binary, unavailable
 
 PREFIX = f"mini-e2e-{os.getpid()}"
@@ -56,22 +53,8 @@ def e2e_dir(machine: dict[str, str]) -> Iterator[Path]:
     ``MINI_E2E_KEEP=1`` keeps it (engine and driver logs) for a post-mortem; the
     processes and namespaces are removed all the same.
     """
-    directory = Path(tempfile.mkdtemp(prefix=f"{PREFIX}-", dir="/tmp"))
-    # pytest tears fixtures down on KeyboardInterrupt, not on SIGTERM (CI timeouts, `kill`):
-    # turn one into the other so that engines and namespaces are still removed.
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
+    with scratch_directory(PREFIX, "mini-ipam e2e") as directory:
         yield directory
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        if os.environ.get("MINI_E2E_KEEP"):
-            print(f"\nmini-ipam e2e: logs kept in {directory}")
-        else:
-            shutil.rmtree(directory, ignore_errors=True)
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 @pytest.fixture(scope="session")

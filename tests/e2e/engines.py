@@ -24,9 +24,11 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
-from collections.abc import Iterable, Mapping, Sequence
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -258,6 +260,34 @@ class Lab:
     def delete(self) -> None:
         """Delete the switch; the veth pairs go with it."""
         self.switch.delete()
+
+
+# -- a tier's scratch space -----------------------------------------------------------
+
+
+@contextlib.contextmanager
+def scratch_directory(prefix: str, tier: str) -> Iterator[Path]:
+    """A short temp directory under /tmp for a tier of engines (Unix socket paths stay under ~107 characters).
+
+    ``MINI_E2E_KEEP=1`` keeps it (engine and driver logs) for a post-mortem; the
+    processes and namespaces are removed all the same.
+    """
+    directory = Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir="/tmp"))
+    # pytest tears fixtures down on KeyboardInterrupt, not on SIGTERM (CI timeouts, `kill`):
+    # turn one into the other so that engines and namespaces are still removed.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield directory
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if os.environ.get("MINI_E2E_KEEP"):
+            print(f"\n{tier}: logs kept in {directory}")
+        else:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 # -- the driver -------------------------------------------------------------------

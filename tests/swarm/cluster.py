@@ -494,6 +494,13 @@ class Cluster:
         assert network is not None
         return network
 
+    def overlay_served_everywhere(self, via: Node, network: str, service: str, size: int) -> NetworkInfo:
+        """An overlay of a ``/size`` with a global-mode ``service`` on it, once a task runs on every node."""
+        info = self.create_overlay(via, network, "--ipam-opt", f"size={size}")
+        self.create_service(via, service, network, "--mode", "global")
+        self.wait_tasks(via, service, network, nodes=[node.name for node in self.nodes])
+        return info
+
     def create_service(self, via: Node, name: str, network: str, *args: str) -> None:
         """A service of sleeping busybox tasks on ``network`` (``args``: ``--mode global``, ``--replicas N``)."""
         via.docker(

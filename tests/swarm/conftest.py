@@ -20,9 +20,7 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
-import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +31,7 @@ import pytest
 
 import stores
 from stores.file import FileStore
-from tests.e2e.engines import BusyboxImage, Engine, EngineUnavailable, Lab, Namespace
+from tests.e2e.engines import BusyboxImage, Engine, EngineUnavailable, Lab, Namespace, scratch_directory
 from tests.servers import RedisServer, require_binary, unavailable
 from tests.swarm.cluster import (
     DEFAULT_MIRROR,
@@ -93,20 +91,8 @@ def swarm_machine() -> dict[str, str]:
 @pytest.fixture(scope="session")
 def swarm_dir(swarm_machine: dict[str, str]) -> Iterator[Path]:
     """A short temp directory for the whole tier (``MINI_E2E_KEEP=1`` keeps it for a post-mortem)."""
-    directory = Path(tempfile.mkdtemp(prefix=f"{PREFIX}-", dir="/tmp"))
-    previous = signal.signal(signal.SIGTERM, _interrupt)  # a CI timeout still tears everything down
-    try:
+    with scratch_directory(PREFIX, "mini-ipam swarm tier") as directory:
         yield directory
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        if os.environ.get("MINI_E2E_KEEP"):
-            print(f"\nmini-ipam swarm tier: logs kept in {directory}")
-        else:
-            shutil.rmtree(directory, ignore_errors=True)
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 @pytest.fixture(scope="session")

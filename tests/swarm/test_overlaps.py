@@ -82,9 +82,7 @@ def test_a_bridge_cannot_take_the_subnet_of_an_overlay(two_nodes: Cluster) -> No
     Its pool request looks like the node's copy of the overlay; its gateway request does not.
     """
     manager, worker = two_nodes["m1"], two_nodes["w1"]
-    network = two_nodes.create_overlay(manager, "ov-taken", "--ipam-opt", "size=28")
-    two_nodes.create_service(manager, "holder", "ov-taken", "--mode", "global")
-    two_nodes.wait_tasks(manager, "holder", "ov-taken", nodes=["m1", "w1"])
+    network = two_nodes.overlay_served_everywhere(manager, "ov-taken", "holder", size=28)
 
     for node in (worker, manager):
         result = node.try_bridge("br-steal", "--subnet", str(network.subnet))
@@ -104,9 +102,7 @@ def test_removing_such_a_bridge_keeps_the_nodes_copy_of_the_overlay(two_nodes: C
     ("IpamDriver.RequestAddress: pool local/<subnet> is not known here").
     """
     manager, worker = two_nodes["m1"], two_nodes["w1"]
-    network = two_nodes.create_overlay(manager, "ov-shared", "--ipam-opt", "size=28")
-    two_nodes.create_service(manager, "holder", "ov-shared", "--mode", "global")
-    two_nodes.wait_tasks(manager, "holder", "ov-shared", nodes=["m1", "w1"])
+    network = two_nodes.overlay_served_everywhere(manager, "ov-shared", "holder", size=28)
     settle(lambda: two_nodes.claims_mismatch(manager, network, ["holder"]), timeout=30, what="store = swarm")
     copy = two_nodes.read_map().held(network.subnet, "local@w1")
 

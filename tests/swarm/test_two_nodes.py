@@ -65,10 +65,8 @@ def test_overlay_gets_a_global_subnet_and_its_tasks_reach_each_other(two_nodes: 
 
 def test_manager_engine_restart_replays_every_claim_once(two_nodes: Cluster) -> None:
     manager, worker = two_nodes["m1"], two_nodes["w1"]
-    network = two_nodes.create_overlay(manager, "ov-restart", "--ipam-opt", "size=28")
+    network = two_nodes.overlay_served_everywhere(manager, "ov-restart", "steady", size=28)
     subnet = network.subnet
-    two_nodes.create_service(manager, "steady", "ov-restart", "--mode", "global")
-    two_nodes.wait_tasks(manager, "steady", "ov-restart", nodes=["m1", "w1"])
     attached = worker.run_container("attached", "ov-restart")
     (kept,) = worker.container_addresses(attached, subnet)
     settle(lambda: two_nodes.claims_mismatch(manager, network, ["steady"]), timeout=30, what="store = swarm")
@@ -100,10 +98,8 @@ def test_manager_engine_restart_replays_every_claim_once(two_nodes: Cluster) -> 
 
 def test_service_and_network_rm_free_every_global_and_local_claim(two_nodes: Cluster) -> None:
     manager, worker = two_nodes["m1"], two_nodes["w1"]
-    network = two_nodes.create_overlay(manager, "ov-rm", "--ipam-opt", "size=27")
+    network = two_nodes.overlay_served_everywhere(manager, "ov-rm", "doomed", size=27)
     subnet = network.subnet
-    two_nodes.create_service(manager, "doomed", "ov-rm", "--mode", "global")
-    two_nodes.wait_tasks(manager, "doomed", "ov-rm", nodes=["m1", "w1"])
     attached = worker.run_container("attached", "ov-rm")
     settle(lambda: two_nodes.claims_mismatch(manager, network, ["doomed"]), timeout=30, what="store = swarm")
     assert two_nodes.read_map().scopes(subnet) == {"global", "local@m1", "local@w1"}
