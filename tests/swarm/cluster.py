@@ -447,8 +447,15 @@ class Cluster:
         )  # fmt: skip
 
     def node_table(self, via: Node) -> dict[str, dict[str, str]] | None:
-        """``docker node ls`` on ``via``: hostname → its row; None when ``via`` cannot answer."""
-        result = via.docker("node", "ls", "--format", "{{json .}}", timeout=20)
+        """``docker node ls`` on ``via``: hostname → its row; None when ``via`` cannot answer.
+
+        While the managers elect a leader, ``node ls`` may hang until it is over: that is
+        "cannot answer (yet)" too, so that callers keep polling.
+        """
+        try:
+            result = via.docker("node", "ls", "--format", "{{json .}}", timeout=20)
+        except subprocess.TimeoutExpired:
+            return None
         if result.returncode != 0:
             return None
         rows = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
