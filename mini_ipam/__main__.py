@@ -1,5 +1,7 @@
+"""``python -m mini_ipam``: the ``mini-ipam`` command."""
+
 import sys
 
-from mini_ipam.cli import main
+from mini_ipam.commands import main
 
 sys.exit(main())

@@ -25,39 +25,48 @@ from __future__ import annotations
 import functools
 import ipaddress
 import secrets
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
 
 import stores
-from mini_ipam.errors import AddressNotFound, Conflict, Exhausted, InvalidRequest, PoolNotFound, StoreFailed
-from mini_ipam.pool_id import SMALLEST, PoolId
+from mini_ipam.errors import AddressNotFound, Conflict, Exhausted, InvalidRequest, IpamError, PoolNotFound, StoreFailed
+from mini_ipam.pool_id import GLOBAL, LOCAL, SMALLEST, PoolId, label_of, parse_label, scope_of, too_small
 from stores import Address, AnySubnet, Block, ExactSubnet, Granted, Network, Overlap, PoolInfo, Store
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
-GLOBAL = "global"
-LOCAL = "local"
 GATEWAY_NOTE = "gateway"
 """The note a gateway's address claim carries, so listings can tell it apart."""
+
+DEFAULT_PARENT4 = ipaddress.IPv4Network("172.16.0.0/16")
+"""The IPv4 parent when none is configured (the original Go driver's)."""
+DEFAULT_SIZE4 = 28
+"""The IPv4 prefix length of a network that asks for no size (the original Go driver's)."""
+DEFAULT_SIZE6 = 64
+"""The IPv6 prefix length of a network that asks for no size6."""
 
 
 @dataclass(frozen=True)
 class Settings:
     """What the allocator carves from, and who it claims for."""
 
-    parents4: tuple[ipaddress.IPv4Network, ...] = (ipaddress.IPv4Network("172.16.0.0/16"),)
+    parents4: tuple[ipaddress.IPv4Network, ...] = (DEFAULT_PARENT4,)
     parents6: tuple[ipaddress.IPv6Network, ...] = ()
-    default_size4: int = 28
-    default_size6: int = 64
+    default_size4: int = DEFAULT_SIZE4
+    default_size6: int = DEFAULT_SIZE6
     host_id: str = "localhost"
 
 
 @dataclass(frozen=True)
 class PoolRequest:
-    """A decoded RequestPool: an explicit ``subnet``, or a dynamic ``size`` (None: the default)."""
+    """A decoded RequestPool: an explicit ``subnet``, or a dynamic ``size`` (None: the default).
+
+    A ``subnet`` whose network address is zero (``0.0.0.0/N``, ``::/N``) means any
+    free /N: engine 29 passes ``--subnet /N`` on that way, and compose files use it
+    where compose drops ``ipam.options``.
+    """
 
     space: str
     v6: bool = False
@@ -87,13 +96,13 @@ class Allocator:
         self.store = store
         self.settings = settings
         self._parents6 = settings.parents6
-        self._local_scope = f"{LOCAL}@{settings.host_id}"
+        self._scopes = {space: scope_of(space, settings.host_id) for space in (LOCAL, GLOBAL)}
 
     @property
     def parents6(self) -> tuple[ipaddress.IPv6Network, ...]:
         """The IPv6 parents: configured ones, or a random ULA /48 kept in the store for good."""
         if not self._parents6:
-            with _store_errors():
+            with _StoreCall():
                 stored = self.store.setting("pool6", str(random_ula()))
             self._parents6 = (ipaddress.IPv6Network(stored),)
         return self._parents6
@@ -105,41 +114,43 @@ class Allocator:
         if request.space not in (LOCAL, GLOBAL):
             raise InvalidRequest(f"unknown address space {request.space!r}: use {LOCAL!r} or {GLOBAL!r}")
         version = 6 if request.v6 else 4
-        if request.subnet is None:
-            return self._request_dynamic(request, version)
-        return self._request_exact(request, request.subnet, version)
+        subnet, size = request.subnet, request.size
+        if subnet is not None:
+            if subnet.version != version:
+                raise InvalidRequest(f"subnet {subnet} is not an IPv{version} subnet")
+            if size is not None and size != subnet.prefixlen:
+                raise InvalidRequest(f"size /{size} contradicts the requested subnet {subnet}")
+            if int(subnet.network_address) == 0 and subnet.prefixlen > 0:
+                size = subnet.prefixlen  # any free /N
+                subnet = None
+        if subnet is None:
+            if request.ip_range is not None:
+                raise InvalidRequest("an ip-range needs an explicit subnet (--subnet) that contains it")
+            return self._request_dynamic(request.space, version, size)
+        return self._request_exact(request, subnet, version)
 
-    def _request_dynamic(self, request: PoolRequest, version: int) -> AllocatedPool:
-        if request.ip_range is not None:
-            raise InvalidRequest("an ip-range needs an explicit subnet (--subnet) that contains it")
+    def _request_dynamic(self, space: str, version: int, size: int | None) -> AllocatedPool:
         parents: Sequence[Network] = self.settings.parents4 if version == 4 else self.parents6
-        default = self.settings.default_size4 if version == 4 else self.settings.default_size6
-        size = default if request.size is None else request.size
+        if size is None:
+            size = self.settings.default_size4 if version == 4 else self.settings.default_size6
         widest = min(parent.prefixlen for parent in parents)
-        if not widest <= size <= SMALLEST[version]:
+        if size < widest or too_small(version, size):
             raise InvalidRequest(
                 f"size /{size} is not possible: IPv{version} sizes range from /{widest} to /{SMALLEST[version]} "
                 f"(parents: {_names(parents)})"
             )
-        with _store_errors():
+        with _StoreCall():
             result = self.store.open_pool(
-                AnySubnet(tuple(parents), size),
-                scope=self._scope(request.space),
-                label=request.space,
-                owner=self.settings.host_id,
+                AnySubnet(tuple(parents), size), scope=self._scopes[space], label=space, owner=self.settings.host_id
             )
         if not isinstance(result, Granted):
             raise Exhausted(f"no free /{size} left in {_names(parents)}")
         subnet = result.pool.subnet
-        return AllocatedPool(PoolId(request.space, subnet), subnet)
+        return AllocatedPool(PoolId(space, subnet), subnet)
 
     def _request_exact(self, request: PoolRequest, subnet: Network, version: int) -> AllocatedPool:
-        if subnet.version != version:
-            raise InvalidRequest(f"subnet {subnet} is not an IPv{version} subnet")
-        if subnet.prefixlen > SMALLEST[version]:
+        if too_small(version, subnet.prefixlen):
             raise InvalidRequest(f"subnet {subnet} is too small: IPv{version} subnets go down to /{SMALLEST[version]}")
-        if request.size is not None and request.size != subnet.prefixlen:
-            raise InvalidRequest(f"size /{request.size} contradicts the requested subnet {subnet}")
         ip_range = request.ip_range
         if ip_range is not None and (ip_range.version != version or not ip_range.subnet_of(subnet)):  # type: ignore[arg-type]
             raise InvalidRequest(f"ip-range {ip_range} is not inside subnet {subnet}")
@@ -147,14 +158,13 @@ class Allocator:
             first, last = _usable_range(subnet, ip_range)
             if int(first) > int(last):
                 raise InvalidRequest(f"ip-range {ip_range} holds no usable address of subnet {subnet}")
-        label = _label(request.space, ip_range)
-        with _store_errors():
+        with _StoreCall():
             result = self.store.open_pool(
                 ExactSubnet(subnet),
-                scope=self._scope(request.space),
-                label=label,
+                scope=self._scopes[request.space],
+                label=label_of(request.space, ip_range),
                 owner=self.settings.host_id,
-                share_label=_label(GLOBAL, ip_range),
+                share_label=label_of(GLOBAL, ip_range),
             )
         if isinstance(result, Overlap):
             raise Conflict(f"subnet {subnet} overlaps {_describe(result.holder)}")
@@ -170,15 +180,15 @@ class Allocator:
         to join the pool (its own gateway was refused), and that must not take the
         first network's pool with it.
         """
-        scope = self._scope(pool_id.space)
-        with _store_errors(release=True):
-            gateways = self._shared_gateways(pool_id)
+        pool = _PoolReads(self.store, pool_id, self._scopes[pool_id.space])
+        with _StoreCall(release=True):
+            gateways = pool.gateways(missing_ok=True) if pool.is_shared(missing_ok=True) else []
             if gateways:
                 raise Conflict(
                     f"pool {pool_id} was not released: its gateway {_names(gateways)} is still claimed, "
                     "so the network it belongs to still uses it (release the gateway first)"
                 )
-            closed = self.store.close_pool(pool_id.subnet, scope)
+            closed = self.store.close_pool(pool_id.subnet, pool.scope)
         if closed is None:
             raise PoolNotFound(f"pool {pool_id} is not held by {self.settings.host_id}")
 
@@ -189,15 +199,18 @@ class Allocator:
     ) -> IPInterface:
         """Claim ``address``, or the gateway's address, or the lowest (or next serial) free one."""
         subnet = pool_id.subnet
-        scope = self._scope(pool_id.space)
+        scope = self._scopes[pool_id.space]
         if address is not None:
             self._check_address(subnet, address)
         note = GATEWAY_NOTE if gateway else ""
+        pool = _PoolReads(self.store, pool_id, scope)
         with _StoreCall(pool_id):
             if gateway:
-                self._check_gateway(pool_id, address)
+                self._check_gateway(pool, address)
             if address is not None:
-                if not self.store.claim_address(subnet, scope, address, note) and not self._accepts_repeats(pool_id):
+                # Global pools belong to the swarm allocator, which re-sends every address it made unique
+                # when it starts; node-local copies of them get the same replays: those are granted again.
+                if not self.store.claim_address(subnet, scope, address, note) and not pool.is_shared():
                     raise Conflict(f"address {address} is already in use in pool {pool_id}")
                 return _interface(address, subnet)
             first, last = _usable_addresses(subnet, pool_id.ip_range)
@@ -208,37 +221,8 @@ class Allocator:
             raise Exhausted(f"no free address left in pool {pool_id} ({first} to {last})")
         return _interface(found, subnet)
 
-    def _accepts_repeats(self, pool_id: PoolId) -> bool:
-        """Whether an explicit address already held may be granted again.
-
-        Global pools belong to the swarm allocator, which re-sends every address it
-        made unique when it starts; node-local copies of them get the same replays.
-        """
-        return self._shared_pool(pool_id) is not None
-
-    def _shared_pool(self, pool_id: PoolId) -> PoolInfo | None:
-        """The pool if it is shared (see ``_is_shared``); UnknownPool when there is no such pool."""
-        pool = self.store.pool(pool_id.subnet, self._scope(pool_id.space))
-        if pool is None:
-            raise stores.UnknownPool(f"no pool {pool_id}")
-        return pool if _is_shared(pool_id, pool) else None
-
-    def _gateways(self, pool_id: PoolId) -> list[Address]:
-        """The pool's addresses claimed as a gateway; UnknownPool when there is no such pool."""
-        claims = self.store.address_claims(pool_id.subnet, self._scope(pool_id.space))
-        return [claim.address for claim in claims if claim.note == GATEWAY_NOTE]
-
-    def _shared_gateways(self, pool_id: PoolId) -> list[Address]:
-        """The gateways of a shared pool; none for a pool that is not shared, or does not exist."""
-        try:
-            if pool_id.space == GLOBAL:  # shared by definition: no need to read the pool first
-                return self._gateways(pool_id)
-            pool = self.store.pool(pool_id.subnet, self._scope(pool_id.space))
-            return self._gateways(pool_id) if pool is not None and _is_shared(pool_id, pool) else []
-        except stores.UnknownPool:
-            return []
-
-    def _check_gateway(self, pool_id: PoolId, address: Address | None) -> None:
+    @staticmethod
+    def _check_gateway(pool: _PoolReads, address: Address | None) -> None:
         """Refuse a gateway that shows a second network trying to use a shared pool.
 
         The protocol names no network, so a swarm network's replays and copies
@@ -248,18 +232,16 @@ class Allocator:
         (any free one, or a different address). A node-local copy never asks for
         just any gateway, and a global pool has one gateway only.
         """
+        pool_id = pool.pool_id
         copy = pool_id.space != GLOBAL
-        if copy and self._shared_pool(pool_id) is None:
+        if copy and not pool.is_shared():
             return
         # A copy never asks for just any gateway, so that refusal needs no claims read.
-        held = [] if copy and address is None else self._gateways(pool_id)
+        held = [] if copy and address is None else pool.gateways()
         if (address is None and (copy or held)) or (address is not None and held and address not in held):
-            pool = self._shared_pool(pool_id)
-            assert pool is not None
-            holder = pool.block
             whose = f", whose gateway is {_names(held)}" if held else ""
             raise Conflict(
-                f"subnet {pool_id.subnet} overlaps {_describe(holder)}{whose}: "
+                f"subnet {pool_id.subnet} overlaps {_describe(pool.info().block)}{whose}: "
                 "it serves one swarm network, and another network cannot share it"
             )
 
@@ -267,15 +249,11 @@ class Allocator:
         """Release an address of a pool."""
         self._check_address(pool_id.subnet, address)
         with _StoreCall(pool_id, release=True):
-            released = self.store.release_address(pool_id.subnet, self._scope(pool_id.space), address)
+            released = self.store.release_address(pool_id.subnet, self._scopes[pool_id.space], address)
         if not released:
             raise AddressNotFound(f"address {address} is not allocated in pool {pool_id}")
 
     # -- helpers ----------------------------------------------------------
-
-    def _scope(self, space: str) -> str:
-        """The store scope of a pool: one shared global pool, one local pool per host."""
-        return GLOBAL if space == GLOBAL else self._local_scope
 
     @staticmethod
     def _check_address(subnet: Network, address: Address) -> None:
@@ -286,9 +264,54 @@ class Allocator:
             raise InvalidRequest(f"address {address} is reserved in {subnet} (network or broadcast address)")
 
 
-def _is_shared(pool_id: PoolId, pool: PoolInfo) -> bool:
-    """Whether a pool may be requested more than once: a global pool, or a node's copy of one."""
-    return pool_id.space == GLOBAL or pool.block.label == _label(GLOBAL, pool_id.ip_range)
+class _PoolReads:
+    """What the shared-pool rules read of one pool, each read from the store at most once per request.
+
+    A pool is *shared* when it may be requested more than once: a global pool (by
+    definition, so that needs no read), or a node's local copy of one (its block is
+    labelled global).
+    """
+
+    __slots__ = ("store", "pool_id", "scope", "_info", "_gateways")
+
+    def __init__(self, store: Store, pool_id: PoolId, scope: str) -> None:
+        self.store = store
+        self.pool_id = pool_id
+        self.scope = scope
+        self._info: PoolInfo | None = None
+        self._gateways: list[Address] | None = None
+
+    def info(self) -> PoolInfo:
+        """The pool; UnknownPool when there is none."""
+        if self._info is None:
+            info = self.store.pool(self.pool_id.subnet, self.scope)
+            if info is None:
+                raise stores.UnknownPool(f"no pool {self.pool_id}")
+            self._info = info
+        return self._info
+
+    def is_shared(self, *, missing_ok: bool = False) -> bool:
+        """Whether the pool is shared; a pool that does not exist is not, with ``missing_ok``."""
+        if self.pool_id.space == GLOBAL:
+            return True
+        try:
+            return self.info().block.label == label_of(GLOBAL, self.pool_id.ip_range)
+        except stores.UnknownPool:
+            if missing_ok:
+                return False
+            raise
+
+    def gateways(self, *, missing_ok: bool = False) -> list[Address]:
+        """The pool's addresses claimed as a gateway; none for a missing pool with ``missing_ok``."""
+        if self._gateways is None:
+            try:
+                claims = self.store.address_claims(self.pool_id.subnet, self.scope)
+            except stores.UnknownPool:
+                if missing_ok:
+                    return []
+                raise
+            self._gateways = [claim.address for claim in claims if claim.note == GATEWAY_NOTE]
+        return self._gateways
 
 
 def _usable_range(subnet: Network, ip_range: Network | None) -> tuple[Address, Address]:
@@ -312,43 +335,27 @@ def _interface(address: Address, subnet: Network) -> IPInterface:
     return ipaddress.IPv6Interface((int(address), subnet.prefixlen))
 
 
-def _label(space: str, ip_range: Network | None) -> str:
-    """The block label: the address space, and the ip-range that is part of the pool's identity."""
-    return space if ip_range is None else f"{space} {ip_range}"
-
-
 def _names(items: Sequence[Network | Address]) -> str:
     return ", ".join(str(item) for item in items)
 
 
 def _describe(holder: Block) -> str:
     since = datetime.fromtimestamp(holder.since, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    space = holder.label.split(" ", 1)[0]
+    space = parse_label(holder.label)[0]
     return f"{holder.subnet}, held in address space {space} by host {holder.owner} since {since}"
 
 
-@contextmanager
-def _store_errors(release: bool = False) -> Iterator[None]:
-    """Turn a store failure into a clear, retryable refusal.
-
-    A claim that failed changed nothing (a networked store undoes one that reached it
-    too late); a release may have happened before the answer was lost, and is safe to
-    send again.
-    """
-    try:
-        yield
-    except stores.StoreError as exc:
-        raise _store_failed(exc, release) from exc
-
-
-def _store_failed(exc: stores.StoreError, release: bool) -> StoreFailed:
-    if release:
-        return StoreFailed(f"the address store failed; the release may or may not have happened: {exc}")
-    return StoreFailed(f"the address store failed, nothing was changed: {exc}")
-
-
 class _StoreCall:
-    """``_store_errors`` for calls on one pool, plus UnknownPool as PoolNotFound.
+    """The one translation of store failures into refusals, around every store call.
+
+    ===================  ==================================================================
+    store raises         the request is refused with
+    ===================  ==================================================================
+    UnknownPool          PoolNotFound (``pool ... is not known here``), for calls on a pool
+    StoreError           StoreFailed: for a claim "nothing was changed" (a networked store
+                         undoes one that reached it too late); for a release "may or may
+                         not have happened" (its answer may be lost; it is safe to resend)
+    ===================  ==================================================================
 
     A class rather than a generator: it wraps every address request, and entering a
     generator-based context manager costs several times as much.
@@ -356,7 +363,7 @@ class _StoreCall:
 
     __slots__ = ("pool_id", "release")
 
-    def __init__(self, pool_id: PoolId, release: bool = False) -> None:
+    def __init__(self, pool_id: PoolId | None = None, *, release: bool = False) -> None:
         self.pool_id = pool_id
         self.release = release
 
@@ -364,9 +371,11 @@ class _StoreCall:
         return None
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        if exc is None:
+        if exc is None or isinstance(exc, IpamError):
             return
-        if isinstance(exc, stores.UnknownPool):
+        if isinstance(exc, stores.UnknownPool) and self.pool_id is not None:
             raise PoolNotFound(f"pool {self.pool_id} is not known here") from None
         if isinstance(exc, stores.StoreError):
-            raise _store_failed(exc, self.release) from exc
+            if self.release:
+                raise StoreFailed(f"the address store failed; the release may or may not have happened: {exc}") from exc
+            raise StoreFailed(f"the address store failed, nothing was changed: {exc}") from exc

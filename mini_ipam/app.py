@@ -18,20 +18,18 @@ from typing import Any
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from mini_ipam.driver import Driver, Json
-from mini_ipam.errors import InvalidRequest, IpamError
+from mini_ipam import protocol
+from mini_ipam.driver import Driver
+from mini_ipam.errors import IpamError
 from mini_ipam.logs import FIELDS
 from mini_ipam.metrics import Metrics
 from mini_ipam.operations import Operations
-
-CONTENT_TYPE = "application/vnd.docker.plugins.v1.1+json"
-MAX_BODY = 64 * 1024
-"""Larger requests are refused: real ones are a few hundred bytes."""
+from mini_ipam.protocol import CONTENT_TYPE, Json
 
 log = logging.getLogger("mini_ipam.requests")
 
-ACTIVATED = json.dumps({"Implements": ["IpamDriver"]}).encode()
-ADDRESS_METHODS = frozenset({"RequestAddress", "ReleaseAddress"})
+ACTIVATED = json.dumps(protocol.MANIFEST).encode()
+ADDRESS_METHODS = frozenset({protocol.REQUEST_ADDRESS, protocol.RELEASE_ADDRESS})
 """Per-container traffic: granted, it is logged at debug, so that level info keeps a line per
 network change and per refusal rather than one per container start and stop."""
 OTHER = "other"
@@ -56,31 +54,31 @@ def create_app(driver: Driver, *, operations: Operations | None = None, metrics:
     metrics = metrics or Metrics()
     metrics.watch_map(operations.inventory)
     record = RequestRecorder(metrics)
-    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
-    methods: dict[str, Callable[[Json], Json]] = {
-        "GetCapabilities": driver.get_capabilities,
-        "GetDefaultAddressSpaces": driver.get_default_address_spaces,
-        "RequestPool": driver.request_pool,
-        "ReleasePool": driver.release_pool,
-        "RequestAddress": driver.request_address,
-        "ReleaseAddress": driver.release_address,
+    app.config["MAX_CONTENT_LENGTH"] = protocol.MAX_BODY
+    methods: dict[str, Callable[[Json], Any]] = {
+        protocol.GET_CAPABILITIES: driver.get_capabilities,
+        protocol.GET_DEFAULT_ADDRESS_SPACES: driver.get_default_address_spaces,
+        protocol.REQUEST_POOL: driver.request_pool,
+        protocol.RELEASE_POOL: driver.release_pool,
+        protocol.REQUEST_ADDRESS: driver.request_address,
+        protocol.RELEASE_ADDRESS: driver.release_address,
     }
 
-    @app.post("/Plugin.Activate", provide_automatic_options=False)
+    @app.post(protocol.path(protocol.ACTIVATE), provide_automatic_options=False)
     def activate() -> Response:
         started = time.perf_counter()
         request.get_data(cache=False)  # unused, but read: an oversized body is refused here too (413)
-        record("Plugin.Activate", "Plugin.Activate", "", 200, started)
+        record(protocol.ACTIVATE, protocol.ACTIVATE, "", 200, started)
         return reply_bytes(ACTIVATED)
 
-    def answer(method: str, handler: Callable[[Json], Json]) -> Callable[[], Response]:
+    def answer(method: str, handler: Callable[[Json], Any]) -> Callable[[], Response]:
         """The view of one protocol method."""
 
         def view() -> Response:
             started = time.perf_counter()
             pool: object = ""
             try:
-                body = parse_body(request.get_data(cache=False))
+                body = protocol.parse_body(request.get_data(cache=False))
                 pool = body.get("PoolID") or body.get("Pool") or ""
                 result = handler(body)
             except Exception as error:  # every refusal, and every crash, is answered and logged here
@@ -95,13 +93,13 @@ def create_app(driver: Driver, *, operations: Operations | None = None, metrics:
     # One static route per method: matched by a dict look-up, where a converter costs a regex.
     for method, handler in methods.items():
         app.add_url_rule(
-            f"/IpamDriver.{method}", method, answer(method, handler), methods=["POST"], provide_automatic_options=False
+            protocol.path(method), method, answer(method, handler), methods=["POST"], provide_automatic_options=False
         )
 
-    @app.post("/IpamDriver.<method>", provide_automatic_options=False)
+    @app.post(f"/{protocol.DRIVER_PREFIX}<method>", provide_automatic_options=False)
     def unknown(method: str) -> Response:
-        message = f"unknown method IpamDriver.{method}"
-        record(f"IpamDriver.{method}", OTHER, "", 404, time.perf_counter(), None, message)
+        message = f"unknown method {protocol.DRIVER_PREFIX}{method}"
+        record(f"{protocol.DRIVER_PREFIX}{method}", OTHER, "", 404, time.perf_counter(), None, message)
         return reply({"Err": message}, 404)
 
     @app.get("/healthz")
@@ -123,7 +121,7 @@ def create_app(driver: Driver, *, operations: Operations | None = None, metrics:
         refusal = Refusal(error, request.path)
         if request.method == "POST":  # health checks and scrapes are not protocol requests
             method = request.path.lstrip("/")
-            label = method if method == "Plugin.Activate" else OTHER
+            label = method if method == protocol.ACTIVATE else OTHER
             record(method, label, "", refusal.status, None, refusal.kind, refusal.message)
         return refusal.reply()
 
@@ -182,19 +180,6 @@ def _log_line(level: int, method: str, pool: object, status: int, error: str | N
         fields["error"] = error
     outcome = "ok" if error is None else f"{status} {error}"
     log.log(level, "%s pool=%s %s %.1fms", method, pool_text, outcome, seconds * 1000, extra={FIELDS: fields})
-
-
-def parse_body(data: bytes) -> Json:
-    """The request's JSON object; an empty body is an empty object."""
-    if not data or data.isspace():
-        return {}
-    try:
-        body = json.loads(data)
-    except (ValueError, RecursionError) as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest(f"request body must be a JSON object, not {type(body).__name__}")
-    return body
 
 
 def reply(payload: dict[str, Any], status: int = 200) -> Response:

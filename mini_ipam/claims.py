@@ -13,10 +13,10 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from mini_ipam.allocator import LOCAL, Allocator, PoolRequest
-from mini_ipam.driver import GATEWAY_MARKER, GATEWAY_OPTION
+from mini_ipam import protocol
+from mini_ipam.allocator import Allocator, PoolRequest
 from mini_ipam.errors import IpamError
-from mini_ipam.pool_id import PoolId
+from mini_ipam.pool_id import LOCAL, PoolId, pool_id_of, scope_of
 from mini_ipam.unix_http import UnixHTTPError, get_json, request_json
 
 
@@ -57,13 +57,12 @@ class StoreClaims:
 
     def held(self) -> dict[str, HeldPool]:
         store = self.allocator.store
-        scope = f"{LOCAL}@{self.allocator.settings.host_id}"
+        scope = scope_of(LOCAL, self.allocator.settings.host_id)
         found: dict[str, HeldPool] = {}
         for pool in store.pools():
             if pool.scope != scope:
                 continue
-            _, _, ip_range = pool.block.label.partition(" ")
-            pool_id = str(PoolId(LOCAL, pool.subnet, ipaddress.ip_network(ip_range) if ip_range else None))
+            pool_id = str(pool_id_of(pool))
             addresses = {str(c.address): (c.since, c.note) for c in store.address_claims(pool.subnet, scope)}
             found[pool_id] = HeldPool(pool_id, pool.since, addresses)
         return found
@@ -98,9 +97,9 @@ class DriverClaims:
         self.socket_path = socket_path
         self.host_id = host_id
 
-    def _call(self, method: str, body: dict[str, Any]) -> None:
+    def _call(self, method: str, body: Any) -> None:
         try:
-            status, reply = request_json(self.socket_path, "POST", f"/IpamDriver.{method}", body)
+            status, reply = request_json(self.socket_path, "POST", protocol.path(method), body)
         except UnixHTTPError as exc:
             raise ClaimRefused(f"the driver on {self.socket_path} {exc}") from None
         if status != 200:
@@ -123,18 +122,15 @@ class DriverClaims:
 
     def release(self, pool_id: str, address: str | None) -> None:
         if address is None:
-            self._call("ReleasePool", {"PoolID": pool_id})
+            self._call(protocol.RELEASE_POOL, protocol.release_pool(pool_id))
         else:
-            self._call("ReleaseAddress", {"PoolID": pool_id, "Address": address})
+            self._call(protocol.RELEASE_ADDRESS, protocol.release_address(pool_id, address))
 
     def claim(self, pool_id: str, address: str | None, gateway: bool = False) -> None:
         parsed = PoolId.parse(pool_id)
         if address is None:
-            self._call("RequestPool", {
-                "AddressSpace": LOCAL, "Pool": str(parsed.subnet),
-                "SubPool": str(parsed.ip_range) if parsed.ip_range else "", "Options": {},
-                "V6": parsed.subnet.version == 6,
-            })  # fmt: skip
+            sub_pool = str(parsed.ip_range) if parsed.ip_range else ""
+            body = protocol.request_pool(LOCAL, str(parsed.subnet), sub_pool, {}, parsed.subnet.version == 6)
+            self._call(protocol.REQUEST_POOL, body)
         else:
-            options = {GATEWAY_OPTION: GATEWAY_MARKER} if gateway else {}
-            self._call("RequestAddress", {"PoolID": pool_id, "Address": address, "Options": options})
+            self._call(protocol.REQUEST_ADDRESS, protocol.request_address(pool_id, address, {}, gateway=gateway))

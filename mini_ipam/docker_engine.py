@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from mini_ipam.pool_id import LOCAL, PoolId
 from mini_ipam.unix_http import UnixHTTPError, get_json
 
 
@@ -27,7 +28,8 @@ class EngineSubnet:
     @property
     def pool_id(self) -> str:
         """The PoolID mini-ipam gave this subnet on this host."""
-        return f"local/{self.subnet}" + (f"/{self.ip_range}" if self.ip_range else "")
+        ip_range = ipaddress.ip_network(self.ip_range) if self.ip_range else None
+        return str(PoolId(LOCAL, ipaddress.ip_network(self.subnet), ip_range))
 
 
 class Engine:

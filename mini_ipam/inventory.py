@@ -14,8 +14,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mini_ipam.allocator import GATEWAY_NOTE, GLOBAL, LOCAL
-from mini_ipam.pool_id import PoolId
+from mini_ipam.allocator import GATEWAY_NOTE
+from mini_ipam.pool_id import is_copy, pool_id_of, space_of
 from stores import AddressClaim, Block, Network, PoolInfo, Store, UnknownPool
 from stores.tree import BlockTree
 
@@ -63,10 +63,6 @@ class ParentView:
     largest_free: int | None  # prefix length of the largest free block; None when full
     blocks_by_size: dict[int, int]  # prefix length -> claimed blocks of that size inside
     free_blocks: dict[int, int]  # prefix length -> maximal free aligned blocks of that size
-
-    def fits(self, size: int) -> int:
-        """How many more aligned /size subnets fit."""
-        return sum(count << (size - length) for length, count in self.free_blocks.items() if length <= size)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -133,21 +129,18 @@ def parent_view(parent: Network, blocks: Iterable[Block]) -> ParentView:
 
 def pool_view(store: Store, pool: PoolInfo) -> PoolView | None:
     """An operator's view of one pool; None when it vanished while being read."""
-    space = GLOBAL if pool.scope == GLOBAL else LOCAL
-    label_space, _, ip_range = pool.block.label.partition(" ")
-    pool_id = PoolId(space, pool.subnet, ipaddress.ip_network(ip_range) if ip_range else None)
     try:
         claims = store.address_claims(pool.subnet, pool.scope)
     except UnknownPool:
         return None
     gateway = next((str(c.address) for c in claims if c.note == GATEWAY_NOTE), None)
     return PoolView(
-        pool_id=str(pool_id),
+        pool_id=str(pool_id_of(pool)),
         subnet=str(pool.subnet),
-        space=space,
+        space=space_of(pool.scope),
         owner=pool.owner,
         since=pool.since,
         gateway=gateway,
         claims=tuple(claims),
-        copy_of_global=space == LOCAL and label_space == GLOBAL,
+        copy_of_global=is_copy(pool),
     )

@@ -19,15 +19,10 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from mini_ipam.inventory import Inventory
-from stores import Store
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _bound_text = cast(Callable[[float], str], floatToGoString)
 """How prometheus_client writes a bucket bound (its own helper, untyped)."""
-STORE_OPERATIONS = (
-    "open_pool", "close_pool", "pool", "claim_address", "claim_next_address", "release_address",
-    "blocks", "pools", "addresses", "address_claims", "ping", "setting",
-)  # fmt: skip
 
 
 class Metrics:
@@ -186,38 +181,6 @@ class HistogramChild:
         with self._lock:
             self._values[1] += amount
             self._values[slot] += 1
-
-
-class TimedStore:
-    """A Store that times every operation into ``mini_ipam_store_seconds``."""
-
-    def __init__(self, store: Store, metrics: Metrics) -> None:
-        self._store = store
-        for name in STORE_OPERATIONS:
-            setattr(self, name, self._timed(name, getattr(store, name), metrics.store_latency.labels(name)))
-
-    @staticmethod
-    def _timed(name: str, operation: Callable[..., Any], histogram: Any) -> Callable[..., Any]:
-        observe = histogram.observe
-        clock = time.perf_counter
-
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            started = clock()
-            try:
-                return operation(*args, **kwargs)
-            finally:
-                observe(clock() - started)
-
-        timed.__name__ = name
-        timed.__doc__ = operation.__doc__
-        return timed
-
-    def close(self) -> None:
-        """Close the wrapped store."""
-        self._store.close()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
 
 
 class _MapCollector(Collector):

@@ -7,6 +7,8 @@ import json
 import socket
 from typing import Any
 
+from mini_ipam import protocol
+
 
 class UnixHTTPError(Exception):
     """The socket could not be reached, or did not answer with JSON."""
@@ -55,3 +57,12 @@ def request_json(socket_path: str, method: str, path: str, body: Any = None, tim
 def get_json(socket_path: str, path: str, timeout: float = 10.0) -> tuple[int, Any]:
     """GET ``path``."""
     return request_json(socket_path, "GET", path, timeout=timeout)
+
+
+def plugin_answers(socket_path: str, timeout: float = 2.0) -> bool:
+    """Whether a driver answers ``Plugin.Activate`` on ``socket_path`` as an IPAM driver."""
+    try:
+        status, reply = request_json(socket_path, "POST", protocol.path(protocol.ACTIVATE), timeout=timeout)
+    except UnixHTTPError:
+        return False
+    return status == 200 and isinstance(reply, dict) and reply == protocol.MANIFEST

@@ -1,40 +1,45 @@
 """Address-map stores: where mini-ipam keeps its claims.
 
-A store holds one *address map* per address family. The map is made of
-**blocks**: claimed subnets that never overlap one another. Each block carries
-one or more **pools**, the units that hand out single addresses; a pool is named
-by its block's subnet and a *scope* string chosen by the caller. A block lives
-as long as it has at least one pool.
+A store holds one *address map* per address family: claimed subnets (blocks) that
+never overlap, each carrying pools that hand out single addresses. Stores know
+nothing of Docker; ``stores.base`` states the contract every backend keeps.
 
-Stores know nothing of Docker. Labels, scopes and owners are opaque strings to
-them; the only rules a store enforces are the ones that must be atomic:
-
-* blocks never overlap (``open_pool``);
-* a pool may join an existing block only if that block's subnet is exactly the
-  requested one and its label equals the caller's ``share_label``;
-* an address is claimed at most once per pool.
-
-Every method is atomic and safe to call from many threads (and, for the Redis
-store, from many processes on many hosts).
-
-Exception tree::
-
-    StoreError                 the store failed; nothing was changed
-    ├── StoreUnavailable       could not reach the store in time
-    └── CorruptState           persisted state cannot be read; never reset silently
-    UnknownPool (LookupError)  a pool that does not exist was named
-    ConfigurationError (ValueError)   a store URL that cannot be used
+``from_url`` is the one door to a backend, and ``traits_of`` tells what kind of
+store a URL names without opening it.
 """
 
 from __future__ import annotations
 
-import ipaddress
-from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+from stores.base import (
+    Address,
+    AddressClaim,
+    AnySubnet,
+    Block,
+    ClosedPool,
+    ConfigurationError,
+    CorruptState,
+    ExactSubnet,
+    Granted,
+    Lease,
+    LeaseState,
+    Network,
+    NoFreeSubnet,
+    Overlap,
+    PoolInfo,
+    Store,
+    StoreError,
+    StoreTraits,
+    StoreUnavailable,
+    UnknownPool,
+    redact_url,
+)
+from stores.file import FileStore
+from stores.memory import MemoryStore
+from stores.redis import RedisStore
 
 __all__ = [
     "Address",
@@ -44,230 +49,51 @@ __all__ = [
     "ClosedPool",
     "ConfigurationError",
     "CorruptState",
-    "Exhausted",
     "ExactSubnet",
     "Granted",
+    "Lease",
+    "LeaseState",
     "Network",
+    "NoFreeSubnet",
     "Overlap",
     "PoolInfo",
     "Store",
     "StoreError",
+    "StoreTraits",
     "StoreUnavailable",
     "UnknownPool",
     "from_url",
     "redact_url",
+    "traits_of",
 ]
 
+Opener = Callable[..., Store]
 
-class StoreError(Exception):
-    """The store failed to carry out an operation; nothing was changed."""
-
-
-class StoreUnavailable(StoreError):
-    """The store could not be reached, or did not answer within the timeout."""
-
-
-class CorruptState(StoreError):
-    """Persisted state cannot be read. Raised at start-up; state is never reset silently."""
+_BACKENDS: dict[str, tuple[Opener, StoreTraits]] = {
+    "memory": (MemoryStore.from_url, MemoryStore.TRAITS),
+    "file": (FileStore.from_url, FileStore.TRAITS),
+    **{scheme: (RedisStore.from_url, RedisStore.TRAITS) for scheme in RedisStore.SCHEMES},
+}
+"""URL scheme -> how to open it, and what kind of store it is."""
 
 
-class UnknownPool(LookupError):
-    """An operation named a pool (subnet + scope) that the store does not hold."""
+def _backend(url: str) -> tuple[Opener, StoreTraits]:
+    scheme = urlsplit(url).scheme
+    try:
+        return _BACKENDS[scheme]
+    except KeyError:
+        raise ConfigurationError(
+            f"unknown store URL scheme {scheme!r} in {redact_url(url)!r}: use "
+            + ", ".join(f"{name}://" for name in _BACKENDS)
+        ) from None
 
 
-class ConfigurationError(ValueError):
-    """A store URL names an unknown scheme or carries an unusable option."""
+def traits_of(url: str) -> StoreTraits:
+    """What kind of store ``url`` names, without opening it; ConfigurationError for an unknown scheme."""
+    return _backend(url)[1]
 
 
-@dataclass(frozen=True)
-class Block:
-    """A claimed subnet in the address map.
-
-    ``label`` is the caller's free-form tag (mini-ipam uses the address space and
-    the ip-range), ``owner`` the host that claimed it, ``since`` a Unix time.
-    """
-
-    subnet: Network
-    label: str
-    owner: str
-    since: float
-
-
-@dataclass(frozen=True)
-class PoolInfo:
-    """A pool: an address allocator attached to a block, named by (subnet, scope)."""
-
-    block: Block
-    scope: str
-    owner: str
-    since: float
-
-    @property
-    def subnet(self) -> Network:
-        """The subnet of the block the pool belongs to."""
-        return self.block.subnet
-
-
-@dataclass(frozen=True)
-class AddressClaim:
-    """A claimed address of a pool: when, and the caller's note (mini-ipam marks the gateway)."""
-
-    address: Address
-    since: float
-    note: str = ""
-
-
-@dataclass(frozen=True)
-class ExactSubnet:
-    """Ask for exactly this subnet."""
-
-    subnet: Network
-
-
-@dataclass(frozen=True)
-class AnySubnet:
-    """Ask for any free, aligned subnet of ``prefixlen`` inside the first parent with room."""
-
-    parents: tuple[Network, ...]
-    prefixlen: int
-
-
-@dataclass(frozen=True)
-class Granted:
-    """``open_pool`` succeeded. ``created`` is False when an existing pool was returned."""
-
-    pool: PoolInfo
-    created: bool
-
-
-@dataclass(frozen=True)
-class Overlap:
-    """``open_pool`` was refused: ``holder`` overlaps the requested subnet."""
-
-    holder: Block
-
-
-@dataclass(frozen=True)
-class Exhausted:
-    """``open_pool`` was refused: no parent has a free subnet of the requested size."""
-
-
-@dataclass(frozen=True)
-class ClosedPool:
-    """``close_pool`` removed a pool; ``freed`` tells whether its block left the map too."""
-
-    pool: PoolInfo
-    freed: bool
-
-
-@runtime_checkable
-class Store(Protocol):
-    """The operations every store offers. All of them are atomic."""
-
-    def open_pool(
-        self,
-        target: ExactSubnet | AnySubnet,
-        *,
-        scope: str,
-        label: str,
-        owner: str,
-        share_label: str | None = None,
-    ) -> Granted | Overlap | Exhausted:
-        """Claim a block and attach a pool named ``scope`` to it.
-
-        With ``share_label`` set, an ``ExactSubnet`` already held by a block whose
-        label equals it is shared instead of refused: the pool joins that block,
-        or, if the pool ``(subnet, scope)`` already exists, it is returned with
-        ``created=False``. Without it any overlap, an identical block included,
-        is refused. ``label`` and ``owner`` describe a block created here.
-        """
-        ...
-
-    def close_pool(self, subnet: Network, scope: str) -> ClosedPool | None:
-        """Remove a pool and all its addresses; free its block if it was the last pool.
-
-        Returns None when no such pool exists (nothing changes).
-        """
-        ...
-
-    def pool(self, subnet: Network, scope: str) -> PoolInfo | None:
-        """The pool ``(subnet, scope)``, or None."""
-        ...
-
-    def claim_address(self, subnet: Network, scope: str, address: Address, note: str = "") -> bool:
-        """Claim ``address`` in a pool, with an optional ``note``; False when it is already claimed.
-
-        Raises UnknownPool when the pool does not exist.
-        """
-        ...
-
-    def claim_next_address(
-        self, subnet: Network, scope: str, first: Address, last: Address, serial: bool, note: str = ""
-    ) -> Address | None:
-        """Claim the lowest free address in ``[first, last]``; None when there is none.
-
-        With ``serial``, search from just after the pool's most recent serial claim
-        and wrap around, so a released address is not reused at once.
-        Raises UnknownPool when the pool does not exist.
-        """
-        ...
-
-    def release_address(self, subnet: Network, scope: str, address: Address) -> bool:
-        """Release an address; False when it was not claimed.
-
-        Raises UnknownPool when the pool does not exist.
-        """
-        ...
-
-    def blocks(self) -> list[Block]:
-        """Every block in the map, in no particular order."""
-        ...
-
-    def pools(self) -> list[PoolInfo]:
-        """Every pool in the map, in no particular order."""
-        ...
-
-    def addresses(self, subnet: Network, scope: str) -> list[Address]:
-        """The claimed addresses of a pool, in ascending order.
-
-        Raises UnknownPool when the pool does not exist.
-        """
-        ...
-
-    def address_claims(self, subnet: Network, scope: str) -> list[AddressClaim]:
-        """The claimed addresses of a pool with their times and notes, in ascending order.
-
-        Raises UnknownPool when the pool does not exist.
-        """
-        ...
-
-    def ping(self) -> None:
-        """Return when the store answers; raise StoreError when it does not."""
-        ...
-
-    def setting(self, name: str, default: str) -> str:
-        """The stored value of ``name``; stores ``default`` first if there is none."""
-        ...
-
-    def close(self) -> None:
-        """Release connections and files. The store is unusable afterwards."""
-        ...
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``, safe for logs and errors."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    netloc = f"{user}:***@{host}"
-    return parts._replace(netloc=netloc).geturl()
-
-
-def from_url(url: str, *, timeout: float = 5.0) -> Store:
+def from_url(url: str, **options: Any) -> Store:
     """Open the store a URL names.
 
     * ``memory://``: process memory only; lost when the process exits.
@@ -275,23 +101,10 @@ def from_url(url: str, *, timeout: float = 5.0) -> Store:
     * ``redis://[user:password@]host:port/db``, ``rediss://...`` (TLS),
       ``unix:///path/redis.sock?db=N``: a shared Redis; ``?prefix=NAME`` separates maps.
 
-    ``timeout`` bounds every round trip to a networked store, in seconds.
-    Raises ConfigurationError for an unknown scheme or a malformed URL.
+    Options every backend takes: ``timeout`` (seconds a round trip to a networked
+    store may take; default 5) and ``read_only`` (open a single-writer store to read
+    it while its driver runs; changes then raise). Raises ConfigurationError for an
+    unknown scheme, a malformed URL or an option the backend cannot honour.
     """
-    scheme = urlsplit(url).scheme
-    if scheme == "memory":
-        from stores.memory import MemoryStore
-
-        return MemoryStore()
-    if scheme == "file":
-        from stores.file import FileStore
-
-        return FileStore.from_url(url)
-    if scheme in ("redis", "rediss", "unix"):
-        from stores.redis import RedisStore
-
-        return RedisStore.from_url(url, timeout=timeout)
-    raise ConfigurationError(
-        f"unknown store URL scheme {scheme!r} in {redact_url(url)!r}: "
-        "use memory://, file:///path, redis://, rediss:// or unix:///path"
-    )
+    opener, _ = _backend(url)
+    return opener(url, **options)

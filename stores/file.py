@@ -32,8 +32,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from stores import ConfigurationError, CorruptState, StoreError
-from stores.memory import Event, MemoryStore, StateCopy, decode_event, encode_event
+from stores.base import ConfigurationError, CorruptState, StoreError, StoreTraits
+from stores.journal import decode_event, encode_event
+from stores.memory import Event, MemoryStore, StateCopy
 
 FORMAT = 1
 MIN_COMPACT_EVENTS = 1024
@@ -43,6 +44,8 @@ SNAPSHOT_CHUNK = 1000
 
 class FileStore(MemoryStore):
     """A MemoryStore whose every change is journalled to a file first."""
+
+    TRAITS = StoreTraits(single_writer=True)
 
     def __init__(self, path: str | os.PathLike[str], *, read_only: bool = False) -> None:
         """Open the state at ``path``.
@@ -74,8 +77,8 @@ class FileStore(MemoryStore):
             raise
 
     @classmethod
-    def from_url(cls, url: str, *, read_only: bool = False) -> FileStore:
-        """Open ``file:///absolute/path.json`` (see ``__init__`` for ``read_only``)."""
+    def from_url(cls, url: str, *, timeout: float = 5.0, read_only: bool = False) -> FileStore:
+        """Open ``file:///absolute/path.json`` (see ``__init__`` for ``read_only``; a local file needs no timeout)."""
         parts = urlsplit(url)
         path = unquote(parts.path)
         if parts.netloc not in ("", "localhost") or not path.startswith("/") or parts.query:

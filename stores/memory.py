@@ -4,10 +4,9 @@ Every change is made by applying one *event* (a small dict) under a lock.
 ``FileStore`` reuses exactly that: it writes each event to its journal before the
 change is acknowledged, and replays the journal at start-up.
 
-Events name subnets and addresses by ints (``subnet``: a block key, see ``_key``;
-``address``: the address as an int), so applying one parses no text.
-``encode_event`` turns one into the journal's JSON form, with the subnet and the
-address as text; ``decode_event`` turns that back.
+Events name subnets and addresses by ints (``subnet``: a block key, see ``key_of``;
+``address``: the address as an int), so applying one parses no text. The journal's
+text form of an event is ``stores.journal``'s business.
 
 The state is laid out for size, since one driver may hold 100,000 pools: blocks
 and pools are slotted records keyed by ints, their strings are interned, a pool's
@@ -18,25 +17,27 @@ objects of the Store protocol are built when asked for, not kept.
 from __future__ import annotations
 
 import ipaddress
-import socket
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
-from stores import (
+from stores.base import (
     Address,
     AddressClaim,
     AnySubnet,
     Block,
     ClosedPool,
+    ConfigurationError,
     ExactSubnet,
-    Exhausted,
     Granted,
+    Lease,
     Network,
+    NoFreeSubnet,
     Overlap,
     PoolInfo,
+    StoreTraits,
     UnknownPool,
 )
 from stores.tree import BlockTree
@@ -81,7 +82,9 @@ class _Pool:
 
 
 class MemoryStore:
-    """A Store kept in process memory. See ``stores.Store`` for the contract."""
+    """A Store kept in process memory. See ``stores.base.Store`` for the contract."""
+
+    TRAITS = StoreTraits(in_process=True)
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
@@ -89,6 +92,24 @@ class MemoryStore:
         self._blocks: dict[int, _Block] = {}
         self._pools: dict[tuple[int, str], _Pool] = {}
         self._settings: dict[str, str] = {}
+
+    @classmethod
+    def from_url(cls, url: str, *, timeout: float = 5.0, read_only: bool = False) -> MemoryStore:
+        """Open ``memory://``. It cannot be read from outside its process, so ``read_only`` is refused."""
+        if url.rstrip("/") != "memory:":
+            raise ConfigurationError(f"memory:// takes no path or options, not {url!r}")
+        if read_only:
+            raise ConfigurationError("a memory:// store lives in its driver's process: ask that driver")
+        return cls()
+
+    @property
+    def traits(self) -> StoreTraits:
+        """What kind of store this is."""
+        return self.TRAITS
+
+    def lease(self, name: str, record: dict[str, Any], ttl: float) -> Lease | None:
+        """None: one host uses a memory store, so there is nobody to tell apart."""
+        return None
 
     # -- persistence hook -------------------------------------------------
 
@@ -106,13 +127,13 @@ class MemoryStore:
         label: str,
         owner: str,
         share_label: str | None = None,
-    ) -> Granted | Overlap | Exhausted:
+    ) -> Granted | Overlap | NoFreeSubnet:
         with self._lock:
             now = time.time()
             if isinstance(target, AnySubnet):
                 subnet = self._find_free(target)
                 if subnet is None:
-                    return Exhausted()
+                    return NoFreeSubnet()
                 key = key_of(subnet)
                 block: dict[str, Any] | None = {"label": label, "owner": owner, "since": now}
             else:
@@ -123,7 +144,7 @@ class MemoryStore:
                 if found is None:
                     block = {"label": label, "owner": owner, "since": now}
                 else:
-                    holder_key = _key(version, found[1], found[0])
+                    holder_key = make_key(version, found[1], found[0])
                     holder = self._blocks[holder_key]
                     if share_label is None or holder_key != key or holder.label != share_label:
                         return Overlap(_block_info(network_of(holder_key), holder))
@@ -211,12 +232,6 @@ class MemoryStore:
         with self._lock:
             held = [(key, scope, pool, self._blocks[key]) for (key, scope), pool in self._pools.items()]
         return [_pool_info(network_of(key), block, scope, pool) for key, scope, pool, block in held]
-
-    def addresses(self, subnet: Network, scope: str) -> list[Address]:
-        with self._lock:
-            pool = self._get(key_of(subnet), scope, subnet)
-            claimed = sorted(pool.claims or ())
-        return [_address(subnet.version, value) for value in claimed]
 
     def address_claims(self, subnet: Network, scope: str) -> list[AddressClaim]:
         with self._lock:
@@ -389,7 +404,7 @@ def _first_unclaimed(pool: _Pool, key: int, start: int) -> int | None:
 # -- keys, objects and text --------------------------------------------------
 
 
-def _key(version: int, net: int, plen: int) -> int:
+def make_key(version: int, net: int, plen: int) -> int:
     """One int naming a subnet: its network, then 8 bits of prefix length, then 1 bit for IPv6."""
     return (net << 8 | plen) << 1 | (version == 6)
 
@@ -400,7 +415,7 @@ def split_key(key: int) -> tuple[int, int, int]:
 
 
 def key_of(subnet: Network) -> int:
-    """The block key of a subnet (``_key``, spelt out: every store call makes one)."""
+    """The block key of a subnet (``make_key``, spelt out: every store call makes one)."""
     return (int(subnet.network_address) << 8 | subnet.prefixlen) << 1 | (subnet.version == 6)
 
 
@@ -440,75 +455,4 @@ def _claim_event(key: int, scope: str, address: int, note: str, serial: bool, si
         event["note"] = note
     if serial:
         event["serial"] = True
-    return event
-
-
-def subnet_text(key: int) -> str:
-    """A block key as CIDR text, exactly as ``str()`` of the ipaddress network would write it."""
-    version, net, plen = split_key(key)
-    if version == 4:
-        return f"{socket.inet_ntop(socket.AF_INET, net.to_bytes(4, 'big'))}/{plen}"
-    return str(ipaddress.IPv6Network((net, plen)))
-
-
-def subnet_key(text: str) -> int:
-    """The block key of CIDR text; ValueError when it is not a subnet (host bits set included)."""
-    address, _, length = text.partition("/")
-    if length.isascii() and length.isdigit() and "." in address:
-        # The common case without ipaddress objects (start-up replays one per pool).
-        try:
-            net = int.from_bytes(socket.inet_pton(socket.AF_INET, address), "big")
-        except OSError:
-            pass
-        else:
-            plen = int(length)
-            if plen <= 32 and not net & ((1 << (32 - plen)) - 1):
-                return _key(4, net, plen)
-    return key_of(ipaddress.ip_network(text))  # everything else, and its error, as ipaddress says
-
-
-def address_text(version: int, value: int) -> str:
-    """An address int as text, exactly as ``str()`` of the ipaddress address would write it."""
-    if version == 4:
-        return socket.inet_ntop(socket.AF_INET, value.to_bytes(4, "big"))
-    return str(ipaddress.IPv6Address(value))
-
-
-def address_value(version: int, text: str) -> int:
-    """An address of the given family as an int; ValueError when ``text`` is not one."""
-    if version == 4:
-        try:
-            return int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big")
-        except (OSError, TypeError):
-            return int(ipaddress.IPv4Address(text))  # raises the ValueError (or TypeError) that explains it
-    return int(ipaddress.IPv6Address(text))
-
-
-def encode_event(event: Event) -> dict[str, Any]:
-    """An event in the journal's JSON form: the subnet and the address as text."""
-    if "subnet" not in event:
-        return event
-    key = event["subnet"]
-    encoded = dict(event, subnet=subnet_text(key))  # the same keys in the same order
-    if "address" in encoded:
-        encoded["address"] = address_text(split_key(key)[0], event["address"])
-    return encoded
-
-
-def decode_event(data: Any) -> Event:
-    """An event read from a journal or snapshot, in the form ``_apply`` takes.
-
-    Raises KeyError, TypeError or ValueError when it is not one.
-    """
-    if not isinstance(data, dict):
-        raise TypeError(f"an event is a JSON object, not {type(data).__name__}")
-    if "subnet" not in data:
-        return data
-    text = data["subnet"]
-    if not isinstance(text, str):
-        raise TypeError(f"subnet {text!r} is not text")
-    key = subnet_key(text)
-    event = dict(data, subnet=key)
-    if "address" in event:
-        event["address"] = address_value(split_key(key)[0], event["address"])
     return event

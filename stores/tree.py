@@ -49,15 +49,6 @@ class BlockTree:
         plen = index.bit_length() - 1
         return plen, (index ^ (1 << plen)) << (self.bits - plen)
 
-    def _free_len(self, index: int, plen: int) -> int:
-        """Prefix length of the largest free block at or below the node."""
-        value = self._nodes.get(index)
-        if value is None:
-            return plen
-        if value == CLAIMED:
-            return self.bits + 1
-        return value
-
     def _claimed_ancestor(self, index: int, plen: int) -> int | None:
         """The claimed node strictly above ``index`` (down to the root block), if any.
 
@@ -135,10 +126,6 @@ class BlockTree:
         self._update_ancestors(index, plen)
         return True
 
-    def is_claimed(self, net: int, plen: int) -> bool:
-        """Whether exactly ``(plen, net)`` is claimed."""
-        return self._nodes.get(self._index(plen, net)) == CLAIMED
-
     def _update_ancestors(self, index: int, plen: int) -> None:
         nodes = self._nodes
         full = self.bits + 1
@@ -175,11 +162,3 @@ class BlockTree:
             elif value != CLAIMED:
                 pending.append(index << 1 | 1)
                 pending.append(index << 1)
-
-    def largest_free(self, within_net: int, within_len: int) -> int | None:
-        """Prefix length of the largest free block inside ``within``; None when it is full."""
-        index = self._index(within_len, within_net)
-        if self._claimed_ancestor(index, within_len) is not None:
-            return None
-        free = self._free_len(index, within_len)
-        return None if free > self.bits else free

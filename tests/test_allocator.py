@@ -11,6 +11,7 @@ from mini_ipam.allocator import Allocator, PoolRequest, Settings
 from mini_ipam.errors import AddressNotFound, Conflict, Exhausted, InvalidRequest, PoolNotFound
 from mini_ipam.pool_id import PoolId
 from stores import Store
+from tests.helpers import addresses_of
 
 net = ipaddress.ip_network
 ip = ipaddress.ip_address
@@ -147,7 +148,7 @@ def test_a_second_global_network_cannot_share_a_held_subnet(store_factory: Calla
     # Swarm's rollback releases the pool it was granted: the first network's pool stays, whole.
     with pytest.raises(Conflict, match=r"not released: its gateway 10.40.0.1 is still claimed"):
         manager.release_pool(second.pool_id)
-    assert manager.store.addresses(net("10.40.0.0/24"), "global") == [gateway.ip, task.ip]
+    assert addresses_of(manager.store, net("10.40.0.0/24"), "global") == [gateway.ip, task.ip]
     # A replay names the gateway it had: still granted.
     assert manager.request_address(first.pool_id, gateway.ip, gateway=True) == gateway
     # A network removed in Docker's order (gateway, then pool) is gone with all its addresses.
@@ -178,7 +179,7 @@ def test_a_local_network_cannot_join_a_nodes_copy(store_factory: Callable[[], St
             worker.request_address(bridge.pool_id, address, gateway=True)
     with pytest.raises(Conflict, match="not released"):
         worker.release_pool(bridge.pool_id)
-    assert worker.store.addresses(net("10.40.0.0/24"), "local@worker") == [ip("10.40.0.1"), ip("10.40.0.3")]
+    assert addresses_of(worker.store, net("10.40.0.0/24"), "local@worker") == [ip("10.40.0.1"), ip("10.40.0.3")]
     # On a node without a copy the bridge's pool is the node's new copy, refused at its gateway, then released.
     other = Allocator(store_factory(), settings("other"))
     orphan = other.request_pool(local("10.40.0.0/24"))

@@ -12,6 +12,7 @@ import pytest
 
 from stores import AnySubnet, ConfigurationError, CorruptState, ExactSubnet, Granted, StoreError, from_url
 from stores.file import MIN_COMPACT_EVENTS, FileStore
+from tests.helpers import addresses_of
 
 net = ipaddress.ip_network
 ip = ipaddress.ip_address
@@ -43,11 +44,11 @@ def test_a_torn_last_line_is_dropped(tmp_path: Path) -> None:
     with log.open("ab") as handle:
         handle.write(b'{"op":"claim","subnet":"10.0.0.0/28","sc')  # a write cut short by a crash
     reopened = FileStore(tmp_path / "state.json")
-    assert reopened.addresses(subnet, "s") == []
+    assert addresses_of(reopened, subnet, "s") == []
     assert log.read_bytes().endswith(b"\n")
     assert reopened.claim_address(subnet, "s", ip("10.0.0.3"))
     reopened.close()
-    assert FileStore(tmp_path / "state.json").addresses(subnet, "s") == [ip("10.0.0.3")]
+    assert addresses_of(FileStore(tmp_path / "state.json"), subnet, "s") == [ip("10.0.0.3")]
 
 
 def test_a_corrupt_middle_line_stops_start_up(tmp_path: Path) -> None:
@@ -103,7 +104,7 @@ def test_compaction_keeps_the_journal_short_and_the_state_whole(tmp_path: Path) 
     assert len(logs[0].read_text().splitlines()) < MIN_COMPACT_EVENTS
     reopened = FileStore(tmp_path / "state.json")
     assert sorted(b.subnet for b in reopened.blocks()) == kept
-    assert reopened.addresses(kept[3], "s") == [ip(kept[3][5])]
+    assert addresses_of(reopened, kept[3], "s") == [ip(kept[3][5])]
 
 
 def test_a_compaction_interrupted_before_its_snapshot_landed_is_recovered(tmp_path: Path) -> None:
@@ -115,10 +116,10 @@ def test_a_compaction_interrupted_before_its_snapshot_landed_is_recovered(tmp_pa
         json.dumps({"op": "claim", "subnet": str(first), "scope": "s", "address": "10.0.0.2"}) + "\n"
     )
     reopened = FileStore(tmp_path / "state.json")
-    assert reopened.addresses(first, "s") == [ip("10.0.0.2")]
+    assert addresses_of(reopened, first, "s") == [ip("10.0.0.2")]
     assert reopened.claim_address(first, "s", ip("10.0.0.3"))
     reopened.close()
-    assert FileStore(tmp_path / "state.json").addresses(first, "s") == [ip("10.0.0.2"), ip("10.0.0.3")]
+    assert addresses_of(FileStore(tmp_path / "state.json"), first, "s") == [ip("10.0.0.2"), ip("10.0.0.3")]
 
 
 def test_from_url(tmp_path: Path) -> None:
@@ -167,8 +168,8 @@ def test_a_state_written_by_earlier_versions_loads(tmp_path: Path) -> None:
     pools = {(p.subnet, p.scope): (p.owner, p.since) for p in store.pools()}
     assert pools[(net("10.0.0.0/24"), "local@b")] == ("b", 1795861400.8842192)
     assert len(pools) == 4
-    assert store.addresses(net("10.0.0.0/24"), "global") == [ip("10.0.0.1")]
-    assert store.addresses(net("fd12:3456:789a:1::/64"), "local@a") == [
+    assert addresses_of(store, net("10.0.0.0/24"), "global") == [ip("10.0.0.1")]
+    assert addresses_of(store, net("fd12:3456:789a:1::/64"), "local@a") == [
         ip("fd12:3456:789a:1::1"),
         ip("fd12:3456:789a:1::2"),
     ]
@@ -226,5 +227,5 @@ def test_changes_made_while_a_snapshot_is_written_survive_a_crash(tmp_path: Path
     for directory in ("live", "crashed"):
         reopened = FileStore(tmp_path / directory / "state.json")
         assert sorted(b.subnet for b in reopened.blocks()) == sorted(kept), directory
-        assert reopened.addresses(kept[0], "s") == [ip(kept[0][1])], directory
+        assert addresses_of(reopened, kept[0], "s") == [ip(kept[0][1])], directory
         reopened.close()

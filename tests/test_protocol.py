@@ -10,9 +10,11 @@ import pytest
 from flask.testing import FlaskClient
 
 from mini_ipam.allocator import Allocator, Settings
-from mini_ipam.app import CONTENT_TYPE, MAX_BODY, create_app
+from mini_ipam.app import create_app
 from mini_ipam.driver import Driver
+from mini_ipam.protocol import CONTENT_TYPE, MAX_BODY
 from stores.memory import MemoryStore
+from tests.helpers import addresses_of
 
 ENGINE_HEADERS = {"Accept": "application/vnd.docker.plugins.v1.2+json"}  # and no Content-Type
 
@@ -165,7 +167,7 @@ def test_bad_address_requests_are_refused(
     status, reply = post(client, "IpamDriver.RequestAddress", body)
     assert status == 400
     assert message in reply["Err"]
-    assert memory.addresses(ipaddress.ip_network("10.1.0.0/24"), "local@host-a") == []
+    assert addresses_of(memory, ipaddress.ip_network("10.1.0.0/24"), "local@host-a") == []
 
 
 def test_unknown_pool_and_address_releases_are_errors(client: FlaskClient) -> None:

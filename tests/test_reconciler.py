@@ -14,6 +14,7 @@ from mini_ipam.docker_engine import EngineSubnet
 from mini_ipam.pool_id import PoolId
 from mini_ipam.reconciler import Reconciler
 from stores import Store
+from tests.helpers import addresses_of
 
 net = ipaddress.ip_network
 ip = ipaddress.ip_address
@@ -82,7 +83,7 @@ def test_apply_releases_old_leaks_and_keeps_live_networks(allocator: Allocator, 
     report = Reconciler(StoreClaims(allocator), engine, "mini", grace=0).run(apply=True)
     assert sorted(f.action for f in report.findings) == ["released", "released"]
     assert [p.subnet for p in store.pools()] == [live.subnet]
-    assert [str(a) for a in store.addresses(live.subnet, "local@me")] == [gateway, container]
+    assert [str(a) for a in addresses_of(store, live.subnet, "local@me")] == [gateway, container]
     assert not report.unresolved
 
 

@@ -34,13 +34,14 @@ from stores import (
     ConfigurationError,
     CorruptState,
     ExactSubnet,
-    Exhausted,
     Granted,
+    NoFreeSubnet,
     Overlap,
     StoreUnavailable,
 )
 from stores.memory import MemoryStore
 from stores.redis import RedisStore
+from tests.helpers import addresses_of
 from tests.servers import BUSY_LOOP, RedisServer, wait_until
 
 net = ipaddress.ip_network
@@ -52,11 +53,13 @@ def fake_store(server: fakeredis.FakeServer | None = None, prefix: str = "test")
     return RedisStore(fakeredis.FakeRedis(server=server or fakeredis.FakeServer()), prefix=prefix)
 
 
-def open_exact(store: stores.Store, cidr: str, scope: str = "s", label: str = "local") -> Granted | Overlap | Exhausted:
+def open_exact(
+    store: stores.Store, cidr: str, scope: str = "s", label: str = "local"
+) -> Granted | Overlap | NoFreeSubnet:
     return store.open_pool(ExactSubnet(net(cidr)), scope=scope, label=label, owner="host-a")
 
 
-def open_any(store: stores.Store, parent: str, size: int, scope: str = "s") -> Granted | Overlap | Exhausted:
+def open_any(store: stores.Store, parent: str, size: int, scope: str = "s") -> Granted | Overlap | NoFreeSubnet:
     return store.open_pool(AnySubnet((net(parent),), size), scope=scope, label="local", owner="host-a")
 
 
@@ -271,7 +274,7 @@ def test_two_prefixes_on_one_redis_are_independent(redis_server: RedisServer) ->
         assert blue.setting("pool6", "fd01::/48") == "fd01::/48"
         assert green.setting("pool6", "fd02::/48") == "fd02::/48"
         assert blue.claim_address(net("10.0.0.0/24"), "s", ip("10.0.0.9"))
-        assert green.addresses(net("10.0.0.0/24"), "s") == []
+        assert addresses_of(green, net("10.0.0.0/24"), "s") == []
         closed = blue.close_pool(net("10.0.0.0/24"), "s")
         assert closed is not None and closed.freed
         assert blue.blocks() == [] and [b.subnet for b in green.blocks()] == [net("10.0.0.0/24")]
@@ -288,7 +291,7 @@ def test_clients_that_decode_responses_work_too() -> None:
     assert store.claim_next_address(subnet, "s", ip("fd00::1"), ip("fd00::ff"), True) == ip("fd00::1")
     assert [p.subnet for p in store.pools()] == [subnet] and [b.subnet for b in store.blocks()] == [subnet]
     assert store.setting("a", "b") == "b"
-    assert store.addresses(subnet, "s") == [ip("fd00::1")]
+    assert addresses_of(store, subnet, "s") == [ip("fd00::1")]
 
 
 def test_listing_skips_nothing_and_reads_every_pool() -> None:
@@ -319,7 +322,7 @@ def test_an_unreadable_pool_refuses_a_serial_claim_and_changes_nothing() -> None
     store.client.hset("{test}:pools:10.0.0.0/28", "s", '{"owner":"x","since":1}')  # no cursor member
     with pytest.raises(CorruptState):
         store.claim_next_address(subnet, "s", ip("10.0.0.1"), ip("10.0.0.14"), True)
-    assert store.addresses(subnet, "s") == []
+    assert addresses_of(store, subnet, "s") == []
     assert store.claim_next_address(subnet, "s", ip("10.0.0.1"), ip("10.0.0.14"), False) == ip("10.0.0.1")
 
 
@@ -356,7 +359,7 @@ def test_single_address_pools_work() -> None:
     assert store.claim_next_address(subnet, "s", ip("fd00::7"), ip("fd00::7"), True) == ip("fd00::7")
     assert store.claim_next_address(subnet, "s", ip("fd00::7"), ip("fd00::7"), True) is None
     assert store.release_address(subnet, "s", ip("fd00::7"))
-    assert store.addresses(subnet, "s") == []
+    assert addresses_of(store, subnet, "s") == []
 
 
 def test_a_call_reaching_the_server_after_its_deadline_changes_nothing() -> None:
@@ -509,7 +512,7 @@ def test_a_paused_server_times_out_and_the_same_store_recovers(own_server: Redis
     # had been sent, and the resumed server did run the script, but after its
     # deadline, so it changed nothing: a timeout means "nothing changed".
     assert [b.subnet for b in store.blocks()] == [subnet]
-    assert store.addresses(subnet, "s") == []
+    assert addresses_of(store, subnet, "s") == []
     assert store.claim_next_address(subnet, "s", ip("10.0.0.1"), ip("10.0.0.254"), False) == ip("10.0.0.1")
     store.close()
 
@@ -604,7 +607,7 @@ def test_an_address_claimed_in_time_whose_reply_stalled_is_undone_before_the_nex
         raised = stalled_right_after(own_server, claims[how])
         assert isinstance(raised, StoreUnavailable), raised
         assert raw.hkeys("{mini-ipam}:addrs:10.0.0.0/24:s") == [b"10.0.0.1"]  # it did land
-        assert store.addresses(subnet, "s") == []  # abandoned (and so undone) first
+        assert addresses_of(store, subnet, "s") == []  # abandoned (and so undone) first
         assert b"c" not in raw.hvals("{mini-ipam}:atree:10.0.0.0/24:s")  # the serial cursor may stay
         assert store.claim_address(subnet, "s", first)
         assert [b.subnet for b in store.blocks()] == [subnet]
@@ -714,7 +717,7 @@ def test_a_request_abandoned_before_it_arrives_changes_nothing(monkeypatch: pyte
     store = fake_store()
     subnet = granted(open_exact(store, "10.0.0.0/24")).pool.subnet
     assert store.claim_address(subnet, "s", ip("10.0.0.5"))
-    monkeypatch.setattr("stores.redis._request_id", lambda: "late")
+    monkeypatch.setattr("stores.redis.store._request_id", lambda: "late")
     assert store._send("abandon", "late", ()) == ["abandoned"]  # the abandon overtakes the request
     for action in (
         lambda: open_exact(store, "10.0.1.0/24"),
@@ -728,13 +731,13 @@ def test_a_request_abandoned_before_it_arrives_changes_nothing(monkeypatch: pyte
             action()
     assert store._pending == []  # the script answered that it did not run them: nothing to abandon
     assert store.client.get("{test}:req:late") == b"abandoned"
-    assert [b.subnet for b in store.blocks()] == [subnet] and store.addresses(subnet, "s") == [ip("10.0.0.5")]
+    assert [b.subnet for b in store.blocks()] == [subnet] and addresses_of(store, subnet, "s") == [ip("10.0.0.5")]
 
 
 def test_an_abandon_undoes_only_the_claim_its_request_made(monkeypatch: pytest.MonkeyPatch) -> None:
     store = fake_store()
     ids = iter(["pool", "addr", "x1", "x2", "x3", "x4"])
-    monkeypatch.setattr("stores.redis._request_id", lambda: next(ids))
+    monkeypatch.setattr("stores.redis.store._request_id", lambda: next(ids))
     subnet = granted(open_exact(store, "10.0.0.0/24")).pool.subnet  # request "pool"
     assert store.claim_address(subnet, "s", ip("10.0.0.5"))  # request "addr"
     assert store.release_address(subnet, "s", ip("10.0.0.5"))
@@ -751,7 +754,7 @@ def test_an_abandon_undoes_only_the_claim_its_request_made(monkeypatch: pytest.M
 def test_an_abandon_of_a_shared_pool_leaves_the_block_to_its_other_pools(monkeypatch: pytest.MonkeyPatch) -> None:
     store = fake_store()
     ids = iter(["first", "joined"])
-    monkeypatch.setattr("stores.redis._request_id", lambda: next(ids))
+    monkeypatch.setattr("stores.redis.store._request_id", lambda: next(ids))
     first = store.open_pool(ExactSubnet(net("10.0.0.0/24")), scope="a", label="g", owner="h", share_label="g")
     joined = store.open_pool(ExactSubnet(net("10.0.0.0/24")), scope="b", label="g", owner="h", share_label="g")
     assert granted(first).created and granted(joined).created
@@ -806,7 +809,7 @@ def test_lua_writes_ipv4_mapped_addresses_in_hex_on_every_python(text_stores: tu
     address = ip("::ffff:1.2.3.4")
     assert addresses.claim_address(net("::/0"), "s", address)
     assert addresses.client.hkeys("{addresses}:addrs:::/0:s") == [b"::ffff:102:304"]
-    assert addresses.addresses(net("::/0"), "s") == [address]
+    assert addresses_of(addresses, net("::/0"), "s") == [address]
     assert addresses.release_address(net("::/0"), "s", address)
     granted(blocks.open_pool(ExactSubnet(net("::ffff:1.2.3.0/120")), scope="s", label="l", owner="o"))
     assert [b.subnet for b in blocks.blocks()] == [net("::ffff:102:300/120")]
@@ -860,7 +863,7 @@ def normal(result: object) -> object:
         return ("overlap", result.holder.subnet, result.holder.label, result.holder.owner)
     if isinstance(result, ClosedPool):
         return ("closed", result.pool.subnet, result.pool.scope, result.pool.block.label, result.freed)
-    if isinstance(result, Exhausted):
+    if isinstance(result, NoFreeSubnet):
         return ("exhausted",)
     return result
 
@@ -939,4 +942,4 @@ def test_lua_tree_matches_memory_store_step_by_step(ops: list[tuple[Any, ...]]) 
     pools = sorted((p.subnet.version, p.subnet, p.scope) for p in memory.pools())
     assert sorted((p.subnet.version, p.subnet, p.scope) for p in fake.pools()) == pools
     for _, subnet, scope in pools:
-        assert fake.addresses(subnet, scope) == memory.addresses(subnet, scope)
+        assert addresses_of(fake, subnet, scope) == addresses_of(memory, subnet, scope)

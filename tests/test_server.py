@@ -20,6 +20,7 @@ import pytest
 
 from stores.file import FileStore
 from tests.driver_process import DriverProcess, call
+from tests.helpers import addresses_of
 from tests.servers import wait_until
 
 
@@ -226,7 +227,7 @@ def test_sigkill_mid_traffic_loses_nothing_and_duplicates_nothing(tmp_path: Path
         held = {f"local/{pool.subnet}": pool for pool in store.pools()}
         for pool_id, addresses in ledger.pools.items():
             assert pool_id in held, f"acknowledged pool {pool_id} was lost"
-            stored = {str(a) for a in store.addresses(held[pool_id].subnet, held[pool_id].scope)}
+            stored = {str(a) for a in addresses_of(store, held[pool_id].subnet, held[pool_id].scope)}
             assert addresses <= stored, f"acknowledged addresses of {pool_id} were lost"
         extra = set(held) - set(ledger.pools)
         assert len(extra) <= ledger.cut_off

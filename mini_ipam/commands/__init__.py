@@ -1,58 +1,47 @@
-"""The ``mini-ipam`` commands, and what they share: opening the store, the parents."""
+"""The ``mini-ipam`` command: parse the flags (``flags``), run a command, turn every failure into one sentence.
+
+The commands are ``serve`` (the driver), ``ls`` and ``plan`` (``inspect``) and
+``reconcile``; what they share is in ``common``.
+"""
 
 from __future__ import annotations
 
 import argparse
-import ipaddress
-from urllib.parse import urlsplit
+import logging
+import socket
+import sys
+from collections.abc import Sequence
 
-import stores
-from mini_ipam.allocator import Settings
-from mini_ipam.cli import DEFAULT_POOL, CommandError
+from mini_ipam.commands.common import CommandError
+from mini_ipam.commands.flags import build_parser
+from mini_ipam.commands.inspect import ls, plan
+from mini_ipam.commands.reconcile import reconcile
+from mini_ipam.commands.serve import serve
+from mini_ipam.logs import setup_logging
+
+COMMANDS = {"serve": serve, "ls": ls, "plan": plan, "reconcile": reconcile}
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the command ``args`` names."""
-    if args.command == "serve":
-        from mini_ipam.commands.serve import serve
-
-        return serve(args)
-    if args.command in ("ls", "plan"):
-        from mini_ipam.commands.inspect import ls, plan
-
-        return ls(args) if args.command == "ls" else plan(args)
-    if args.command == "reconcile":
-        from mini_ipam.commands.reconcile import reconcile
-
-        return reconcile(args)
-    raise CommandError(f"unknown command {args.command!r}", 2)  # pragma: no cover - argparse checks
+    return COMMANDS[args.command](args)
 
 
-def settings_from(args: argparse.Namespace) -> Settings:
-    """Allocator settings from the flags a command has."""
-    parents4 = tuple(args.pool or (ipaddress.IPv4Network(DEFAULT_POOL),))
-    default4 = getattr(args, "default_size", 28)
-    default6 = getattr(args, "default_size6", 64)
-    for size, parents in ((default4, parents4), (default6, args.pool6 or ())):
-        too_wide = [str(p) for p in parents if p.prefixlen > size]
-        if too_wide:
-            raise CommandError(f"default size /{size} does not fit in parent {', '.join(too_wide)}", 2)
-    return Settings(
-        parents4=parents4,
-        parents6=tuple(args.pool6 or ()),
-        default_size4=default4,
-        default_size6=default6,
-        host_id=args.host_id,
-    )
-
-
-def open_store(args: argparse.Namespace, *, read_only: bool = False) -> stores.Store:
-    """The store ``--store`` names; a file store opened ``read_only`` can be read while a driver runs."""
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``mini-ipam`` command."""
+    args = build_parser().parse_args(argv)
+    if getattr(args, "host_id", None) == "":
+        args.host_id = socket.gethostname()  # MINI_IPAM_HOST_ID= (empty) means "this host's name"
+    setup_logging(args.log_level, args.log_format, args.log_stream)
     try:
-        if read_only and urlsplit(args.store).scheme == "file":
-            from stores.file import FileStore
-
-            return FileStore.from_url(args.store, read_only=True)
-        return stores.from_url(args.store, timeout=args.store_timeout)
-    except (stores.StoreError, stores.ConfigurationError, OSError) as exc:
-        raise CommandError(f"cannot open the store {stores.redact_url(args.store)}: {exc}") from None
+        return run(args)
+    except CommandError as exc:
+        print(f"mini-ipam {args.command}: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a bug: still one sentence; the traceback goes to the debug log
+        logging.getLogger("mini_ipam").debug("unexpected error", exc_info=True)
+        print(f"mini-ipam {args.command}: unexpected error ({type(exc).__name__}: {exc}); "
+              "run with --log-level debug for details", file=sys.stderr)  # fmt: skip
+        return 1

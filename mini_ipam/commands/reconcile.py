@@ -6,17 +6,15 @@ import argparse
 import json
 from dataclasses import asdict
 from pathlib import Path
-from urllib.parse import urlsplit
 
+import stores
 from mini_ipam.allocator import Allocator
 from mini_ipam.claims import ClaimBook, ClaimRefused, DriverClaims, StoreClaims
-from mini_ipam.cli import CommandError
-from mini_ipam.commands import open_store, settings_from
-from mini_ipam.commands.inspect import _age, _table
+from mini_ipam.commands.common import CommandError, age, open_store, settings_from, table
 from mini_ipam.docker_engine import Engine, EngineError
 from mini_ipam.errors import IpamError
 from mini_ipam.reconciler import Reconciler
-from mini_ipam.unix_http import UnixHTTPError, request_json
+from mini_ipam.unix_http import plugin_answers
 from stores import Store, StoreError
 
 
@@ -48,24 +46,17 @@ def reconcile(args: argparse.Namespace) -> int:
     else:
         rows = [
             [f.kind, f.pool_id, f.address or "-", f.network or "-",
-             "-" if f.age_seconds is None else _age(f.age_seconds), f.action]
+             "-" if f.age_seconds is None else age(f.age_seconds), f.action]
             for f in report.findings
         ]  # fmt: skip
-        print(_table(["FINDING", "POOL", "ADDRESS", "NETWORK", "AGE", "ACTION"], rows))
+        print(table(["FINDING", "POOL", "ADDRESS", "NETWORK", "AGE", "ACTION"], rows))
     return 1 if report.unresolved else 0
 
 
 def _through_driver(args: argparse.Namespace) -> bool:
     """Whether claims must go through the running driver: it owns a memory or file store's state."""
-    scheme = urlsplit(args.store).scheme
-    if scheme == "memory":
-        return True
-    return scheme == "file" and plugin_answers(args.socket)
-
-
-def plugin_answers(socket_path: str) -> bool:
-    """Whether a driver answers on ``socket_path``."""
     try:
-        return request_json(socket_path, "POST", "/Plugin.Activate", timeout=2)[0] == 200
-    except UnixHTTPError:
-        return False
+        traits = stores.traits_of(args.store)
+    except stores.ConfigurationError as exc:
+        raise CommandError(str(exc), 2) from None
+    return traits.in_process or (traits.single_writer and plugin_answers(args.socket))

@@ -5,21 +5,20 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import cast
 
 import stores
 from mini_ipam import __version__
 from mini_ipam.allocator import Allocator
 from mini_ipam.app import create_app
-from mini_ipam.cli import CommandError
-from mini_ipam.commands import open_store, settings_from
+from mini_ipam.commands.common import CommandError, open_store, settings_from
 from mini_ipam.driver import Driver
 from mini_ipam.errors import IpamError
-from mini_ipam.metrics import Metrics, TimedStore
+from mini_ipam.metrics import Metrics
 from mini_ipam.operations import Operations
+from mini_ipam.presence import HostPresence
 from mini_ipam.server import SocketInUse
 from mini_ipam.server import serve as run_server
-from stores.presence import HostPresence
+from mini_ipam.timed_store import TimedStore
 
 log = logging.getLogger("mini_ipam")
 
@@ -30,7 +29,7 @@ def serve(args: argparse.Namespace) -> int:
     store = open_store(args)
     presence = _watch_for_twins(store, args.host_id, args.host_ttl)
     metrics = Metrics()
-    allocator = Allocator(cast(stores.Store, TimedStore(store, metrics)), settings)
+    allocator = Allocator(TimedStore(store, metrics), settings)
     try:
         log.info("IPv6 parents: %s", ", ".join(map(str, allocator.parents6)))
     except IpamError as exc:
@@ -60,10 +59,8 @@ def serve(args: argparse.Namespace) -> int:
 
 def _watch_for_twins(store: stores.Store, host_id: str, ttl: float) -> HostPresence | None:
     """On a shared store, keep a heartbeat so two live drivers with one host id are noticed."""
-    from stores.redis import RedisStore
-
-    if not isinstance(store, RedisStore):
+    if not store.traits.shared:
         return None
-    presence = HostPresence(store.client, store.prefix, host_id, ttl=ttl)
+    presence = HostPresence(store, host_id, ttl=ttl)
     presence.start()
     return presence

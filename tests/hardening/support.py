@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from stores import Network, Store
+from tests.helpers import addresses_of
 from tests.servers import RedisServer, require_binary, wait_until
 
 Snapshot = tuple[tuple[Any, ...], tuple[Any, ...], tuple[Any, ...]]
@@ -22,7 +23,7 @@ def snapshot(store: Store) -> Snapshot:
     pools = store.pools()
     pool_rows = tuple(sorted((str(p.subnet), p.scope, p.owner, p.since) for p in pools))
     addresses = tuple(
-        sorted((str(p.subnet), p.scope, tuple(str(a) for a in store.addresses(p.subnet, p.scope))) for p in pools)
+        sorted((str(p.subnet), p.scope, tuple(str(a) for a in addresses_of(store, p.subnet, p.scope))) for p in pools)
     )
     return blocks, pool_rows, addresses
 
@@ -63,7 +64,7 @@ def check_map(store: Store) -> dict[tuple[str, str], list[str]]:
     for pool in pools:
         key = (str(pool.subnet), pool.scope)
         assert key not in held, f"pool {key} listed twice"
-        addresses = store.addresses(pool.subnet, pool.scope)
+        addresses = addresses_of(store, pool.subnet, pool.scope)
         assert len(set(addresses)) == len(addresses), f"an address is held twice in {key}: {addresses}"
         for address in addresses:
             assert address in pool.subnet, f"{address} lies outside its pool {key}"

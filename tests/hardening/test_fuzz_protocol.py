@@ -30,11 +30,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mini_ipam.allocator import Allocator, PoolRequest, Settings
-from mini_ipam.app import CONTENT_TYPE, create_app
-from mini_ipam.driver import GATEWAY_MARKER, SERIAL_OPTION, Driver
+from mini_ipam.app import create_app
+from mini_ipam.driver import Driver
 from mini_ipam.pool_id import PoolId
+from mini_ipam.protocol import CONTENT_TYPE, GATEWAY_MARKER, SERIAL_OPTION
 from stores import Store
 from tests.hardening.support import Snapshot, snapshot
+from tests.helpers import addresses_of
 
 HOST, OTHER_HOST = "host-a", "host-b"
 SETTINGS = Settings(
@@ -93,7 +95,7 @@ def seed(store: Store) -> None:
         parsed = PoolId.parse(pool_id)
         host = OTHER_HOST if pool_id == SEED_POOLS[-1] else HOST
         scope = "global" if parsed.space == "global" else f"local@{host}"
-        assert [str(a) for a in store.addresses(parsed.subnet, scope)] == held
+        assert [str(a) for a in addresses_of(store, parsed.subnet, scope)] == held
 
 
 # -- strategies ---------------------------------------------------------------------

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from mini_ipam.app import CONTENT_TYPE
+from mini_ipam.protocol import CONTENT_TYPE
 from tests.driver_process import DriverProcess, call
 from tests.hardening.support import Response, connect, exchange, read_responses, request_bytes
 from tests.servers import wait_until

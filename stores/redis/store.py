@@ -1,23 +1,16 @@
 """The Redis store: one address map shared by every host that names the same Redis and prefix.
 
 Every operation that changes the map is ONE call of the Lua script in
-``stores/redis_scripts.lua`` (EVALSHA; redis-py loads the script and retries
+``stores/redis/scripts.lua`` (EVALSHA; redis-py loads the script and retries
 once when the server answers NOSCRIPT), so it is atomic across hosts and either
 happens entirely or not at all. The script runs the sparse buddy tree of
 ``stores/tree.py``; its cost depends on prefix lengths only, never on how many
-blocks or addresses are claimed.
-
-Python and Lua exchange blocks and addresses as *bit strings* (a network's
-leading ``prefixlen`` bits as ``"0"``/``"1"`` characters), so no 128-bit
-arithmetic is ever needed in Lua. The script writes the key names and the
-readable address fields itself, in the text Python 3.11's ``ipaddress`` uses.
+blocks or addresses are claimed. How blocks and addresses travel between Python
+and Lua (bit strings) is ``stores.redis.codec``'s; URLs are ``stores.redis.urls``'.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import json
-import re
 import secrets
 import threading
 import time
@@ -26,13 +19,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from stores import (
+from stores.base import (
     Address,
     AddressClaim,
     AnySubnet,
@@ -41,33 +33,21 @@ from stores import (
     ConfigurationError,
     CorruptState,
     ExactSubnet,
-    Exhausted,
     Granted,
+    Lease,
     Network,
+    NoFreeSubnet,
     Overlap,
     PoolInfo,
     StoreError,
+    StoreTraits,
     StoreUnavailable,
-    UnknownPool,
-    redact_url,
 )
+from stores.redis import codec, urls
+from stores.redis.lease import RedisLease
+from stores.redis.urls import DEFAULT_PREFIX
 
-DEFAULT_PREFIX = "mini-ipam"
-
-SCRIPT = resources.files("stores").joinpath("redis_scripts.lua").read_text(encoding="utf-8")
-
-# A prefix becomes part of every key name and of SCAN patterns: keep it to
-# characters that are neither hash-tag braces nor glob syntax.
-_PREFIX_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
-
-# Query options a URL may carry besides ``prefix``; everything else is refused,
-# because redis-py would pass unknown names on and fail only at the first connect.
-_TLS_OPTIONS = frozenset(
-    {"ssl_cert_reqs", "ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile", "ssl_check_hostname"}
-)
-_CERT_REQS = frozenset({"none", "optional", "required"})
-_BOOLEANS = frozenset({"true", "false", "yes", "no", "1", "0"})
-
+SCRIPT = resources.files("stores.redis").joinpath("scripts.lua").read_text(encoding="utf-8")
 
 # The share of the timeout kept between the script's deadline and our own.
 _DEADLINE_MARGIN = 0.1
@@ -91,7 +71,7 @@ class _Clock:
 
 
 class RedisStore:
-    """A Store kept in Redis. See ``stores.Store`` for the contract.
+    """A Store kept in Redis. See ``stores.base.Store`` for the contract.
 
     Key map (``P`` is the prefix; ``{P}`` is a hash tag, so every key of a map
     lives in one Redis Cluster slot and the script may touch them all)::
@@ -104,6 +84,8 @@ class RedisStore:
         {P}:addrs:<cidr>:<scope>     hash    a pool's claimed addresses: address -> JSON {"since"}
         {P}:atree:<cidr>:<scope>     hash    the pool's address tree (bit strings below <cidr>), and
                                              "cursor": the bits of its last serial claim
+        {P}:host:<name>              string  a lease (``RedisLease``): JSON record of its holder, expiring
+        {P}:twins:<name>             string  a note left for the lease's holder, expiring
         {P}:req:<id>                 string  a call that changed the map: JSON telling how to undo
                                              it, or "abandoned"; expires after an hour
 
@@ -135,6 +117,9 @@ class RedisStore:
     operation is still one round trip.
     """
 
+    TRAITS = StoreTraits(shared=True)
+    SCHEMES = ("redis", "rediss", "unix")
+
     def __init__(
         self,
         client: redis.Redis,
@@ -142,20 +127,23 @@ class RedisStore:
         *,
         where: str | None = None,
         timeout: float | None = None,
+        read_only: bool = False,
     ) -> None:
         """Use ``client``; does no network I/O, so an unreachable Redis only fails the first call.
 
         ``where`` names the server in error messages (default: from the client's
         connection settings, without credentials); ``timeout`` is only quoted in
-        them (default: the client's socket timeout).
+        them (default: the client's socket timeout); ``read_only`` refuses every
+        call that would change the map.
         """
-        _check_prefix(prefix)
+        urls.check_prefix(prefix)
+        self.read_only = read_only
         self._client = client
         self._prefix = prefix
         self._keys = f"{{{prefix}}}:"
         self._anchor = [f"{self._keys}settings"]
         kwargs = getattr(client.connection_pool, "connection_kwargs", {})
-        self._where = where or _describe(kwargs)
+        self._where = where or urls.describe(kwargs)
         self._timeout = timeout if timeout is not None else kwargs.get("socket_timeout")
         self._password = kwargs.get("password")
         self._clock: _Clock | None = None
@@ -165,25 +153,35 @@ class RedisStore:
         self._settle_failed: StoreError | None = None  # why the last abandon failed; None after a success
 
     @classmethod
-    def from_url(cls, url: str, *, timeout: float = 5.0) -> RedisStore:
+    def from_url(cls, url: str, *, timeout: float = 5.0, read_only: bool = False) -> RedisStore:
         """Open the store a ``redis://``, ``rediss://`` or ``unix://`` URL names.
 
         ``?prefix=NAME`` (default ``mini-ipam``) selects the map; ``?db=N`` the
         database; ``rediss://`` also takes ``ssl_cert_reqs``, ``ssl_ca_certs``,
         ``ssl_ca_path``, ``ssl_certfile``, ``ssl_keyfile`` and ``ssl_check_hostname``.
         ``timeout`` bounds every connect and every round trip; nothing is retried.
+        ``read_only`` refuses every call that would change the map, for listings.
         Raises ConfigurationError for anything else. Connects lazily.
         """
         if not timeout > 0:
             raise ConfigurationError(f"the store timeout must be a positive number of seconds, not {timeout!r}")
-        client_url, prefix = _split_url(url)
+        client_url, prefix = urls.split_url(url)
         client = redis.Redis.from_url(
             client_url,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 0),
         )
-        return cls(client, prefix, where=_where(client_url), timeout=timeout)
+        return cls(client, prefix, where=urls.where(client_url), timeout=timeout, read_only=read_only)
+
+    @property
+    def traits(self) -> StoreTraits:
+        """What kind of store this is: a shared one."""
+        return self.TRAITS
+
+    def lease(self, name: str, record: dict[str, Any], ttl: float) -> Lease | None:
+        """A lease on ``{P}:host:<name>``, with its notes in ``{P}:twins:<name>`` (see ``RedisLease``)."""
+        return RedisLease(self._client, self._keys, name, record, ttl)
 
     @property
     def client(self) -> redis.Redis:
@@ -208,65 +206,65 @@ class RedisStore:
         label: str,
         owner: str,
         share_label: str | None = None,
-    ) -> Granted | Overlap | Exhausted:
+    ) -> Granted | Overlap | NoFreeSubnet:
         now = time.time()
-        block_json = _dumps({"owner": owner, "label": label, "since": now})
+        block_json = codec.dumps({"owner": owner, "label": label, "since": now})
         # The script rewrites the cursor by text: it must stay the last member.
-        pool_json = _dumps({"owner": owner, "since": now, "cursor": None})
+        pool_json = codec.dumps({"owner": owner, "since": now, "cursor": None})
         if isinstance(target, ExactSubnet):
             subnet = target.subnet
             share = ["1", share_label] if share_label is not None else ["0", ""]
-            reply = self._change("open_exact", subnet.version, _bits(subnet), scope, block_json, pool_json, *share)
+            reply = self._change("open_exact", subnet.version, codec.bits(subnet), scope, block_json, pool_json, *share)
         else:
-            parents = [part for parent in target.parents for part in (parent.version, _bits(parent))]
+            parents = [part for parent in target.parents for part in (parent.version, codec.bits(parent))]
             reply = self._change("open_any", scope, block_json, pool_json, target.prefixlen, *parents)
         status = reply[0]
         if status == "granted":
             _, family, bits, held_json, existing_json, created = reply
-            block = _block(_network(family, bits), held_json)
-            return Granted(_pool_info(block, scope, existing_json), created=created == 1)
+            block = codec.block(codec.network(family, bits), held_json)
+            return Granted(codec.pool_info(block, scope, existing_json), created=created == 1)
         if status == "overlap":
             _, family, bits, held_json = reply
-            return Overlap(_block(_network(family, bits), held_json))
-        return Exhausted()
+            return Overlap(codec.block(codec.network(family, bits), held_json))
+        return NoFreeSubnet()
 
     def close_pool(self, subnet: Network, scope: str) -> ClosedPool | None:
-        reply = self._change("close", subnet.version, _bits(subnet), scope)
+        reply = self._change("close", subnet.version, codec.bits(subnet), scope)
         if reply[0] == "absent":
             return None
         _, pool_json, block_json, freed = reply
-        return ClosedPool(_pool_info(_block(subnet, block_json), scope, pool_json), freed == 1)
+        return ClosedPool(codec.pool_info(codec.block(subnet, block_json), scope, pool_json), freed == 1)
 
     def pool(self, subnet: Network, scope: str) -> PoolInfo | None:
-        reply = self._call("pool", subnet.version, _bits(subnet), scope)
+        reply = self._call("pool", subnet.version, codec.bits(subnet), scope)
         if reply[0] == "absent":
             return None
         _, pool_json, block_json = reply
-        return _pool_info(_block(subnet, block_json), scope, pool_json)
+        return codec.pool_info(codec.block(subnet, block_json), scope, pool_json)
 
     def claim_address(self, subnet: Network, scope: str, address: Address, note: str = "") -> bool:
         """See ``Store.claim_address``; an address outside ``subnet`` raises ValueError."""
-        rel = _rel_bits(subnet, address)
-        reply = self._change("claim", subnet.version, _bits(subnet), scope, rel, _address_json(note))
-        return _known(reply, subnet, scope) == "claimed"
+        rel = codec.rel_bits(subnet, address)
+        reply = self._change("claim", subnet.version, codec.bits(subnet), scope, rel, codec.address_json(note))
+        return codec.known(reply, subnet, scope) == "claimed"
 
     def claim_next_address(
         self, subnet: Network, scope: str, first: Address, last: Address, serial: bool, note: str = ""
     ) -> Address | None:
-        bounds = _clamp(subnet, first, last)
+        bounds = codec.clamp(subnet, first, last)
         low, high = bounds if bounds is not None else ("-", "-")
         reply = self._change(
-            "claim_next", subnet.version, _bits(subnet), scope, low, high, int(serial), _address_json(note)
+            "claim_next", subnet.version, codec.bits(subnet), scope, low, high, int(serial), codec.address_json(note)
         )
-        if _known(reply, subnet, scope) != "claimed":
+        if codec.known(reply, subnet, scope) != "claimed":
             return None
-        return _address(subnet, reply[1])
+        return codec.address(subnet, reply[1])
 
     def release_address(self, subnet: Network, scope: str, address: Address) -> bool:
         """See ``Store.release_address``; an address outside ``subnet`` raises ValueError."""
-        rel = _rel_bits(subnet, address)
-        reply = self._change("release", subnet.version, _bits(subnet), scope, rel)
-        return _known(reply, subnet, scope) == "released"
+        rel = codec.rel_bits(subnet, address)
+        reply = self._change("release", subnet.version, codec.bits(subnet), scope, rel)
+        return codec.known(reply, subnet, scope) == "released"
 
     def blocks(self) -> list[Block]:
         """Every block, read with SCAN and MGET: a listing, not a hot path."""
@@ -275,7 +273,7 @@ class RedisStore:
             cidrs = self._scan("slot")
             values = self._client.mget([f"{self._keys}slot:{cidr}" for cidr in cidrs]) if cidrs else []
         return [
-            _block(_parse_network(cidr), value)
+            codec.block(codec.parse_network(cidr), value)
             for cidr, value in zip(cidrs, values, strict=True)
             if value is not None  # freed between SCAN and MGET
         ]
@@ -294,20 +292,19 @@ class RedisStore:
         for cidr, scopes, block_json in zip(cidrs, replies[::2], replies[1::2], strict=True):
             if block_json is None:
                 continue  # freed between SCAN and the pipeline
-            block = _block(_parse_network(cidr), block_json)
-            found.extend(_pool_info(block, _text(scope), pool_json) for scope, pool_json in scopes.items())
+            block = codec.block(codec.parse_network(cidr), block_json)
+            found.extend(codec.pool_info(block, codec.text(scope), pool_json) for scope, pool_json in scopes.items())
         return found
 
-    def addresses(self, subnet: Network, scope: str) -> list[Address]:
-        return [claim.address for claim in self.address_claims(subnet, scope)]
-
     def address_claims(self, subnet: Network, scope: str) -> list[AddressClaim]:
-        reply = self._call("addresses", subnet.version, _bits(subnet), scope)
-        _known(reply, subnet, scope)
+        reply = self._call("addresses", subnet.version, codec.bits(subnet), scope)
+        codec.known(reply, subnet, scope)
         claims = []
         for text, value in zip(reply[1::2], reply[2::2], strict=True):
-            record = _decode(value, f"address {text} of {subnet} {scope!r}")
-            claims.append(AddressClaim(_parse_address(text), float(record.get("since", 0.0)), record.get("note", "")))
+            record = codec.decode(value, f"address {text} of {subnet} {scope!r}")
+            claims.append(
+                AddressClaim(codec.parse_address(text), float(record.get("since", 0.0)), record.get("note", ""))
+            )
         return sorted(claims, key=lambda claim: int(claim.address))
 
     def ping(self) -> None:
@@ -337,7 +334,7 @@ class RedisStore:
     def _scan(self, kind: str) -> list[str]:
         """The ``<cidr>`` of every ``{P}:<kind>:<cidr>`` key, each once (SCAN may repeat keys)."""
         head = f"{self._keys}{kind}:"
-        names = (_text(key) for key in self._client.scan_iter(match=f"{head}*", count=1000))
+        names = (codec.text(key) for key in self._client.scan_iter(match=f"{head}*", count=1000))
         return list(dict.fromkeys(name[len(head) :] for name in names))
 
     def _change(self, op: str, *args: str | int) -> list[Any]:
@@ -346,6 +343,8 @@ class RedisStore:
         When it fails with StoreUnavailable without an answer, it may still have
         run, or run later: its id is kept, to be abandoned before the next call.
         """
+        if self.read_only:
+            raise StoreError(f"the store at {self._where} was opened read-only: {op} would change the map")
         request = _request_id()
         try:
             return self._call(op, *args, request=request)
@@ -406,7 +405,7 @@ class RedisStore:
         received = time.monotonic()
         if not isinstance(raw, list) or len(raw) < 2:
             raise CorruptState(f"unexpected reply {raw!r} from the mini-ipam script on {self._where}")
-        stamp, *reply = [_text(item) if isinstance(item, bytes) else item for item in raw]
+        stamp, *reply = [codec.text(item) if isinstance(item, bytes) else item for item in raw]
         self._observe(int(stamp), sent, received)
         if reply[0] == "expired":
             raise _Dropped(
@@ -466,196 +465,3 @@ class RedisStore:
         if self._password:
             text = text.replace(self._password, "***")
         return text
-
-
-# -- URLs -------------------------------------------------------------------
-
-
-def _check_prefix(prefix: str) -> None:
-    if not _PREFIX_RE.fullmatch(prefix):
-        raise ConfigurationError(f"key prefix {prefix!r} is not usable: use 1 to 64 letters, digits, '.', '_' or '-'")
-
-
-def _split_url(url: str) -> tuple[str, str]:
-    """Check a store URL; return the URL for redis-py (without ``prefix``) and the prefix."""
-    shown = redact_url(url)
-    parts = urlsplit(url)
-    try:
-        parts.port  # noqa: B018 - parsing the port is the check
-        query = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
-    except ValueError as exc:
-        raise ConfigurationError(f"malformed store URL {shown!r}: {exc}") from None
-    if parts.fragment:
-        raise ConfigurationError(f"store URL {shown!r} must not have a #fragment")
-    options: dict[str, str] = {}
-    for name, value in query:
-        if name in options:
-            raise ConfigurationError(f"option {name!r} is given twice in {shown!r}")
-        options[name] = value
-    prefix = options.pop("prefix", DEFAULT_PREFIX)
-    _check_prefix(prefix)
-    _check_options(parts.scheme, options, shown)
-    _check_location(parts.scheme, parts.hostname, parts.path, "db" in options, shown)
-    # Rebuilt by hand: urlunsplit drops the "//" of unix:///path.
-    query_text = f"?{urlencode(options)}" if options else ""
-    return f"{parts.scheme}://{parts.netloc}{parts.path}{query_text}", prefix
-
-
-def _where(client_url: str) -> str:
-    """How messages name the server: the URL without its password and TLS options."""
-    parts = urlsplit(client_url)
-    db = dict(parse_qsl(parts.query)).get("db")
-    return redact_url(f"{parts.scheme}://{parts.netloc}{parts.path}") + (f"?db={db}" if db else "")
-
-
-def _check_options(scheme: str, options: dict[str, str], shown: str) -> None:
-    allowed = {"db"} | (_TLS_OPTIONS if scheme == "rediss" else set())
-    for name, value in options.items():
-        if name not in allowed:
-            hint = " (TLS options need rediss://)" if name in _TLS_OPTIONS else ""
-            raise ConfigurationError(
-                f"unknown option {name!r} in {shown!r}{hint}: {scheme}:// URLs take prefix, "
-                + ", ".join(sorted(allowed))
-            )
-        if name == "db" and not value.isdigit():
-            raise ConfigurationError(f"db must be a number, not {value!r}, in {shown!r}")
-        if name == "ssl_cert_reqs" and value not in _CERT_REQS:
-            raise ConfigurationError(f"ssl_cert_reqs must be none, optional or required, not {value!r}, in {shown!r}")
-        if name == "ssl_check_hostname" and value.lower() not in _BOOLEANS:
-            raise ConfigurationError(f"ssl_check_hostname must be true or false, not {value!r}, in {shown!r}")
-        if name in _TLS_OPTIONS and not value:
-            raise ConfigurationError(f"option {name!r} is empty in {shown!r}")
-
-
-def _check_location(scheme: str, host: str | None, path: str, db_option: bool, shown: str) -> None:
-    if scheme == "unix":
-        if host or not path.startswith("/"):
-            raise ConfigurationError(f"{shown!r} must name an absolute socket path: unix:///path/redis.sock?db=N")
-        return
-    db = path.lstrip("/")
-    if db and not db.isdigit():
-        raise ConfigurationError(f"the database in {shown!r} must be a number: redis://host:port/db")
-    if db and db_option:
-        raise ConfigurationError(f"{shown!r} names the database twice (path and ?db=)")
-
-
-def _describe(kwargs: dict[str, Any]) -> str:
-    """A credential-free name for the server a client talks to."""
-    db = kwargs.get("db", 0)
-    if kwargs.get("path"):
-        return f"unix://{kwargs['path']}?db={db}"
-    return f"redis://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{db}"
-
-
-# -- bit strings, text and JSON ---------------------------------------------
-
-
-def _bits(network: Network) -> str:
-    """The network's leading ``prefixlen`` bits, as the script names tree nodes."""
-    if network.prefixlen == 0:
-        return ""
-    return format(int(network.network_address), f"0{network.max_prefixlen}b")[: network.prefixlen]
-
-
-def _network(family: str | int, bits: str) -> Network:
-    """The network a family and bit string name."""
-    if str(family) == "4":
-        return ipaddress.IPv4Network((int(bits.ljust(32, "0"), 2), len(bits)))
-    return ipaddress.IPv6Network((int(bits.ljust(128, "0"), 2), len(bits)))
-
-
-def _rel_bits(subnet: Network, address: Address) -> str:
-    """The bits of an address below its subnet's prefix: its node in the pool's tree."""
-    if address.version != subnet.version or address not in subnet:
-        raise ValueError(f"address {address} is not inside {subnet}")
-    return _offset_bits(subnet, int(address) - int(subnet.network_address))
-
-
-def _offset_bits(subnet: Network, offset: int) -> str:
-    depth = subnet.max_prefixlen - subnet.prefixlen
-    return format(offset, f"0{depth}b") if depth else ""
-
-
-def _address(subnet: Network, rel: str) -> Address:
-    return subnet.network_address + (int(rel, 2) if rel else 0)
-
-
-def _clamp(subnet: Network, first: Address, last: Address) -> tuple[str, str] | None:
-    """``[first, last]`` cut to the subnet, as bit strings; None when nothing is left.
-
-    Cutting changes no result: the tree holds nothing outside the subnet, and a
-    cursor can only be the subnet's last address when ``last`` lies beyond it,
-    where searching on from it finds nothing either way.
-    """
-    if first.version != subnet.version or last.version != subnet.version:
-        raise ValueError(f"range {first} to {last} is not of the family of {subnet}")
-    base = int(subnet.network_address)
-    low = max(int(first), base)
-    high = min(int(last), int(subnet.broadcast_address))
-    if low > high:
-        return None
-    return _offset_bits(subnet, low - base), _offset_bits(subnet, high - base)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else value
-
-
-def _parse_network(text: str) -> Network:
-    try:
-        return ipaddress.ip_network(text)
-    except ValueError as exc:
-        raise CorruptState(f"unreadable subnet {text!r} in a key name") from exc
-
-
-def _parse_address(text: str) -> Address:
-    try:
-        return ipaddress.ip_address(text)
-    except ValueError as exc:
-        raise CorruptState(f"unreadable address {text!r} in a pool") from exc
-
-
-def _decode(value: bytes | str, what: str) -> dict[str, Any]:
-    try:
-        decoded = json.loads(value)
-    except ValueError as exc:
-        raise CorruptState(f"unreadable JSON for {what}: {value!r}") from exc
-    if not isinstance(decoded, dict):
-        raise CorruptState(f"unreadable JSON for {what}: {value!r}")
-    return decoded
-
-
-def _block(subnet: Network, value: bytes | str) -> Block:
-    spec = _decode(value, f"block {subnet}")
-    try:
-        return Block(subnet, str(spec["label"]), str(spec["owner"]), float(spec["since"]))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CorruptState(f"block {subnet} lacks {exc}: {value!r}") from exc
-
-
-def _pool_info(block: Block, scope: str, value: bytes | str) -> PoolInfo:
-    spec = _decode(value, f"pool {block.subnet} {scope!r}")
-    try:
-        return PoolInfo(block, scope, str(spec["owner"]), float(spec["since"]))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CorruptState(f"pool {block.subnet} {scope!r} lacks {exc}: {value!r}") from exc
-
-
-def _dumps(value: dict[str, Any]) -> str:
-    """Compact JSON, so the script can find the pool's trailing ``,"cursor":`` member."""
-    return json.dumps(value, separators=(",", ":"))
-
-
-def _address_json(note: str = "") -> str:
-    record: dict[str, Any] = {"since": time.time()}
-    if note:
-        record["note"] = note
-    return _dumps(record)
-
-
-def _known(reply: Sequence[Any], subnet: Network, scope: str) -> str:
-    """The reply's status word; raises UnknownPool when the script found no such pool."""
-    status = str(reply[0])
-    if status == "unknown":
-        raise UnknownPool(f"no pool {subnet} in scope {scope!r}")
-    return status

@@ -1,26 +1,23 @@
-"""The ``mini-ipam`` command line: flags (each with a MINI_IPAM_* environment fallback) to settings.
+"""The ``mini-ipam`` command line: every command's flags, each with a MINI_IPAM_* environment fallback.
 
-Commands live in ``mini_ipam.commands``; this module only builds the parser and
-turns every expected failure into one sentence and a non-zero exit code.
+This module only builds the parser; ``mini_ipam.commands`` runs what it parsed.
 """
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
-import logging
 import os
 import socket
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from mini_ipam import __version__
-from mini_ipam.logs import setup_logging
+from mini_ipam.allocator import DEFAULT_PARENT4, DEFAULT_SIZE4, DEFAULT_SIZE6
+from mini_ipam.pool_id import SMALLEST
 
 DEFAULT_SOCKET = "/run/docker/plugins/mini.sock"
 DEFAULT_STORE = "file:///var/lib/mini-ipam/state.json"
-DEFAULT_POOL = "172.16.0.0/16"
 
 ENV_NOTE = """\
 Every flag can also be set in the environment: --default-size is
@@ -64,14 +61,6 @@ examples:
 """
 
 
-class CommandError(Exception):
-    """An expected failure of a command: printed as one sentence, exit code ``code``."""
-
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.code = code
-
-
 def _env_name(flag: str) -> str:
     return "MINI_IPAM_" + flag.upper().replace("-", "_")
 
@@ -93,7 +82,7 @@ def network_parser(version: int) -> Callable[[str], Any]:
 
 def prefix_parser(version: int) -> Callable[[str], int]:
     """An argparse type for a prefix length."""
-    longest = 30 if version == 4 else 126
+    longest = SMALLEST[version]
 
     def parse(text: str) -> int:
         value = text.strip().removeprefix("/")
@@ -160,7 +149,7 @@ class Flags:
         self.add(
             "pool",
             None,
-            f"IPv4 parent range to carve subnets from; repeat for more, searched in order (default: {DEFAULT_POOL})",
+            f"IPv4 parent range to carve subnets from; repeat for more, searched in order (default: {DEFAULT_PARENT4})",
             network_parser(4),
             action="append",
             metavar="CIDR",
@@ -215,9 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
               metavar="GROUP")  # fmt: skip
     serve.store()
     serve.parents()
-    serve.add("default-size", 28, "prefix length of IPv4 subnets when no size is asked for (default: %(default)s)",
+    serve.add("default-size", DEFAULT_SIZE4,
+              "prefix length of IPv4 subnets when no size is asked for (default: %(default)s)",
               prefix_parser(4), metavar="N")  # fmt: skip
-    serve.add("default-size6", 64, "prefix length of IPv6 subnets when no size6 is asked for (default: %(default)s)",
+    serve.add("default-size6", DEFAULT_SIZE6,
+              "prefix length of IPv6 subnets when no size6 is asked for (default: %(default)s)",
               prefix_parser(6), metavar="N")  # fmt: skip
     serve.add(
         "host-ttl",
@@ -270,29 +261,3 @@ def build_parser() -> argparse.ArgumentParser:
     reconcile.parser.add_argument("--json", action="store_true", help="print JSON")
     reconcile.logging()
     return root
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``mini-ipam`` command."""
-    args = build_parser().parse_args(argv)
-    if getattr(args, "host_id", None) == "":
-        args.host_id = socket.gethostname()  # MINI_IPAM_HOST_ID= (empty) means "this host's name"
-    setup_logging(args.log_level, args.log_format, args.log_stream)
-    from mini_ipam.commands import run
-
-    try:
-        return run(args)
-    except CommandError as exc:
-        print(f"mini-ipam {args.command}: {exc}", file=sys.stderr)
-        return exc.code
-    except KeyboardInterrupt:
-        return 130
-    except Exception as exc:  # a bug: still one sentence; the traceback goes to the debug log
-        logging.getLogger("mini_ipam").debug("unexpected error", exc_info=True)
-        print(f"mini-ipam {args.command}: unexpected error ({type(exc).__name__}: {exc}); "
-              "run with --log-level debug for details", file=sys.stderr)  # fmt: skip
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

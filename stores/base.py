@@ -1,0 +1,304 @@
+"""The ground floor of every store: the Store protocol, its data types and its exceptions.
+
+Backends (``stores.memory``, ``stores.file``, ``stores.redis``) import this module
+and nothing above it; ``stores.from_url`` (in the package) is the one door that
+picks a backend by URL.
+
+A store holds one *address map* per address family. The map is made of
+**blocks**: claimed subnets that never overlap one another. Each block carries
+one or more **pools**, the units that hand out single addresses; a pool is named
+by its block's subnet and a *scope* string chosen by the caller. A block lives
+as long as it has at least one pool.
+
+Stores know nothing of Docker. Labels, scopes and owners are opaque strings to
+them; the only rules a store enforces are the ones that must be atomic:
+
+* blocks never overlap (``open_pool``);
+* a pool may join an existing block only if that block's subnet is exactly the
+  requested one and its label equals the caller's ``share_label``;
+* an address is claimed at most once per pool.
+
+Every method is atomic and safe to call from many threads (and, for the Redis
+store, from many processes on many hosts).
+
+Exception tree::
+
+    StoreError                 the store failed; nothing was changed
+    ├── StoreUnavailable       could not reach the store in time
+    └── CorruptState           persisted state cannot be read; never reset silently
+    UnknownPool (LookupError)  a pool that does not exist was named
+    ConfigurationError (ValueError)   a store URL that cannot be used
+
+``open_pool`` answers with a value, not an exception: ``Granted``, ``Overlap``
+(something held overlaps the subnet) or ``NoFreeSubnet`` (no parent has room).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+from urllib.parse import urlsplit
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class StoreError(Exception):
+    """The store failed to carry out an operation; nothing was changed."""
+
+
+class StoreUnavailable(StoreError):
+    """The store could not be reached, or did not answer within the timeout."""
+
+
+class CorruptState(StoreError):
+    """Persisted state cannot be read. Raised at start-up; state is never reset silently."""
+
+
+class UnknownPool(LookupError):
+    """An operation named a pool (subnet + scope) that the store does not hold."""
+
+
+class ConfigurationError(ValueError):
+    """A store URL names an unknown scheme or carries an unusable option."""
+
+
+@dataclass(frozen=True)
+class Block:
+    """A claimed subnet in the address map.
+
+    ``label`` is the caller's free-form tag (mini-ipam uses the address space and
+    the ip-range), ``owner`` the host that claimed it, ``since`` a Unix time.
+    """
+
+    subnet: Network
+    label: str
+    owner: str
+    since: float
+
+
+@dataclass(frozen=True)
+class PoolInfo:
+    """A pool: an address allocator attached to a block, named by (subnet, scope)."""
+
+    block: Block
+    scope: str
+    owner: str
+    since: float
+
+    @property
+    def subnet(self) -> Network:
+        """The subnet of the block the pool belongs to."""
+        return self.block.subnet
+
+
+@dataclass(frozen=True)
+class AddressClaim:
+    """A claimed address of a pool: when, and the caller's note (mini-ipam marks the gateway)."""
+
+    address: Address
+    since: float
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class ExactSubnet:
+    """Ask for exactly this subnet."""
+
+    subnet: Network
+
+
+@dataclass(frozen=True)
+class AnySubnet:
+    """Ask for any free, aligned subnet of ``prefixlen`` inside the first parent with room."""
+
+    parents: tuple[Network, ...]
+    prefixlen: int
+
+
+@dataclass(frozen=True)
+class Granted:
+    """``open_pool`` succeeded. ``created`` is False when an existing pool was returned."""
+
+    pool: PoolInfo
+    created: bool
+
+
+@dataclass(frozen=True)
+class Overlap:
+    """``open_pool`` was refused: ``holder`` overlaps the requested subnet."""
+
+    holder: Block
+
+
+@dataclass(frozen=True)
+class NoFreeSubnet:
+    """``open_pool`` was refused: no parent has a free subnet of the requested size."""
+
+
+@dataclass(frozen=True)
+class ClosedPool:
+    """``close_pool`` removed a pool; ``freed`` tells whether its block left the map too."""
+
+    pool: PoolInfo
+    freed: bool
+
+
+@dataclass(frozen=True)
+class StoreTraits:
+    """What a kind of store is, so that callers never need to read its URL themselves.
+
+    ``shared``: many processes on many hosts use one map (Redis), so each keeps a lease.
+    ``in_process``: the state lives in the memory of the process that opened it
+    (``memory://``); any other process must ask that one.
+    ``single_writer``: one process at a time may change it (``file://``, locked); others
+    may still open it read-only.
+    """
+
+    shared: bool = False
+    in_process: bool = False
+    single_writer: bool = False
+
+
+@dataclass(frozen=True)
+class LeaseState:
+    """What one renewal of a lease found.
+
+    ``held`` is True when this instance holds the name (and renewed it); else ``holder``
+    is the record of the instance that does. ``note`` is a record another instance
+    left for this name with ``Lease.post``, while it lasts.
+    """
+
+    held: bool
+    holder: dict[str, Any] | None = None
+    note: dict[str, Any] | None = None
+
+
+class Lease(Protocol):
+    """An expiring record under one name on a shared store, held by one instance at a time.
+
+    Each renewal by the holder counts up the record's ``beat``; a record whose
+    holder stops renewing expires after the lease's time to live.
+    """
+
+    def renew(self) -> LeaseState:
+        """Take the name if it is free, renew it if this instance holds it, else say who does."""
+        ...
+
+    def post(self, note: dict[str, Any]) -> None:
+        """Leave ``note`` under the name for its holder to read (expires like the lease)."""
+        ...
+
+    def release(self) -> None:
+        """Give the name up if this instance still holds it (compare and delete), so a successor need not wait."""
+        ...
+
+
+@runtime_checkable
+class Store(Protocol):
+    """The operations every store offers. All of them are atomic."""
+
+    def open_pool(
+        self,
+        target: ExactSubnet | AnySubnet,
+        *,
+        scope: str,
+        label: str,
+        owner: str,
+        share_label: str | None = None,
+    ) -> Granted | Overlap | NoFreeSubnet:
+        """Claim a block and attach a pool named ``scope`` to it.
+
+        With ``share_label`` set, an ``ExactSubnet`` already held by a block whose
+        label equals it is shared instead of refused: the pool joins that block,
+        or, if the pool ``(subnet, scope)`` already exists, it is returned with
+        ``created=False``. Without it any overlap, an identical block included,
+        is refused. ``label`` and ``owner`` describe a block created here.
+        """
+        ...
+
+    def close_pool(self, subnet: Network, scope: str) -> ClosedPool | None:
+        """Remove a pool and all its addresses; free its block if it was the last pool.
+
+        Returns None when no such pool exists (nothing changes).
+        """
+        ...
+
+    def pool(self, subnet: Network, scope: str) -> PoolInfo | None:
+        """The pool ``(subnet, scope)``, or None."""
+        ...
+
+    def claim_address(self, subnet: Network, scope: str, address: Address, note: str = "") -> bool:
+        """Claim ``address`` in a pool, with an optional ``note``; False when it is already claimed.
+
+        Raises UnknownPool when the pool does not exist.
+        """
+        ...
+
+    def claim_next_address(
+        self, subnet: Network, scope: str, first: Address, last: Address, serial: bool, note: str = ""
+    ) -> Address | None:
+        """Claim the lowest free address in ``[first, last]``; None when there is none.
+
+        With ``serial``, search from just after the pool's most recent serial claim
+        and wrap around, so a released address is not reused at once.
+        Raises UnknownPool when the pool does not exist.
+        """
+        ...
+
+    def release_address(self, subnet: Network, scope: str, address: Address) -> bool:
+        """Release an address; False when it was not claimed.
+
+        Raises UnknownPool when the pool does not exist.
+        """
+        ...
+
+    def blocks(self) -> list[Block]:
+        """Every block in the map, in no particular order."""
+        ...
+
+    def pools(self) -> list[PoolInfo]:
+        """Every pool in the map, in no particular order."""
+        ...
+
+    def address_claims(self, subnet: Network, scope: str) -> list[AddressClaim]:
+        """The claimed addresses of a pool with their times and notes, in ascending order.
+
+        Raises UnknownPool when the pool does not exist.
+        """
+        ...
+
+    def ping(self) -> None:
+        """Return when the store answers; raise StoreError when it does not."""
+        ...
+
+    def setting(self, name: str, default: str) -> str:
+        """The stored value of ``name``; stores ``default`` first if there is none."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and files. The store is unusable afterwards."""
+        ...
+
+    @property
+    def traits(self) -> StoreTraits:
+        """What kind of store this is."""
+        ...
+
+    def lease(self, name: str, record: dict[str, Any], ttl: float) -> Lease | None:
+        """A lease on ``name`` for this process, carrying ``record``; None for a store only one host uses."""
+        ...
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``, safe for logs and errors."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    netloc = f"{user}:***@{host}"
+    return parts._replace(netloc=netloc).geturl()
