@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-from common import BENCH, REPO, RESULTS
+from support import BENCH, REPO, RESULTS
 
 BENCHMARKS = (
     "framework_floor",

@@ -2,7 +2,7 @@
 
 Part A, through the socket, interleaved in one run: a memory-store driver holding 10,000 pools (filled
 through its socket) and file-store drivers holding 1,000, 10,000 and 50,000 live pools (state files
-written at once by ``common.build_state_file``, then loaded by the driver at start-up). Two kinds of
+written at once by ``support.maps.build_state_file``, then loaded by the driver at start-up). Two kinds of
 change, each a pair of requests: RequestPool + ReleasePool of a /28, and RequestAddress + ReleaseAddress
 in a /24 pool. A ninth variant, in the same rounds, appends a journal-sized line to a file in the state
 files' directory and fdatasyncs it, twice (a change journals two events): the disk's own share.
@@ -33,26 +33,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common import (
-    Driver,
-    Report,
-    UnixClient,
-    address_pair,
-    allocator_for,
-    build_state_file,
-    describe,
-    driver_holds,
-    flatten,
-    in_threads,
-    interleave,
-    mean,
-    median,
-    ms,
-    p99,
-    pool_pair,
-    request_pool_body,
-    temp_directory,
-)
+from support.client import UnixClient, address_pair, pool_pair, sized_pool
+from support.maps import allocator_for, build_state_file, driver_holds, in_threads
+from support.processes import driver_process, temp_directory
+from support.report import Report
+from support.stats import describe, flatten, interleave, mean, median, ms, p99
+
+from mini_ipam.testing import DriverProcess
 
 PARENT = "10.0.0.0/12"  # 65,536 /28 slots
 HOST = "bench"
@@ -173,28 +160,32 @@ def main() -> None:
             states[pools] = directory / f"f{pools}" / "state.json"
             seconds = build_state_file(states[pools], pools, PARENT, HOST, verify=False)
             print(f"state file with {pools:,} pools written in {seconds:.1f} s", flush=True)
-        drivers: list[Driver] = []
+        drivers: list[DriverProcess] = []
         compactions: dict[str, list[int]] = {}
         try:
-            memory = Driver(directory / "memory.sock", "memory://", *flags, log=directory / "memory.log").start()
+            memory = driver_process(
+                directory / "memory.sock", "memory://", *flags, log=directory / "memory.log"
+            ).start()
             drivers.append(memory)
 
             def filler() -> Callable[[], object]:
-                client = UnixClient(memory.socket)
-                return lambda: client.ok("IpamDriver.RequestPool", request_pool_body())
+                client = UnixClient(memory.socket_path)
+                return lambda: client.ok("IpamDriver.RequestPool", sized_pool())
 
             in_threads(filler, MEMORY_SIZE)
-            sockets = {"memory": memory.socket}
+            sockets = {"memory": memory.socket_path}
             for pools in SIZES:
                 log = directory / f"f{pools}.log"
-                driver = Driver(directory / f"file{pools}.sock", f"file://{states[pools]}", *flags, log=log).start()
+                driver = driver_process(
+                    directory / f"file{pools}.sock", f"file://{states[pools]}", *flags, log=log
+                ).start()
                 drivers.append(driver)
-                driver_holds(driver.socket, pools, PARENT)
-                sockets[f"file {pools:,}"] = driver.socket
+                driver_holds(driver.socket_path, pools, PARENT)
+                sockets[f"file {pools:,}"] = driver.socket_path
             variants: dict[str, Callable[[], list[float]]] = {}
             for name, path in sockets.items():
                 client = UnixClient(path)
-                pool_id = client.ok("IpamDriver.RequestPool", request_pool_body(24))["PoolID"]
+                pool_id = client.ok("IpamDriver.RequestPool", sized_pool(24))["PoolID"]
                 for kind, change in (
                     ("pool", lambda c=client: pool_pair(c)),
                     ("address", lambda c=client, p=pool_id: address_pair(c, p)),

@@ -2,10 +2,8 @@
 engine's built-in default IPAM, on one engine, interleaved in one run.
 
 The engine is a dockerd of our own (``--storage-driver=vfs``, data root, exec root, pid file and socket
-in a temp directory). With ``tests/e2e/engines.py`` present it runs in a network and mount namespace of
-its own (``engines.Host``: its bridges and iptables rules never touch the machine's, and its
-``/run/docker/plugins`` is private); without it, plainly as in ``/work/shared/notes/real-docker.md``, but
-with ``--bridge=none --iptables=false`` so as not to disturb another engine in the root namespaces.
+in a temp directory), with ``--bridge=none --iptables=false`` so as not to disturb another engine in
+the root namespaces.
 The driver is ``mini-ipam serve`` with a file store (the default kind) on
 ``/run/docker/plugins/mini-bench-<pid>.sock`` as the engine sees it.
 
@@ -37,18 +35,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from common import (
-    Driver,
-    Report,
-    UnixClient,
-    describe,
-    flatten,
-    interleave,
-    median,
-    stop_pid,
-    temp_directory,
-    wait_until,
-)
+from support.client import UnixClient
+from support.processes import driver_process, temp_directory
+from support.report import Report
+from support.stats import describe, flatten, interleave, median
+
+from mini_ipam.testing import stop_process, wait_until
 
 TARGET = 1.10
 PARENT = "10.123.0.0/16"
@@ -84,29 +76,12 @@ def engine_with_driver(directory: Path) -> Iterator[Rig]:
     prefix = f"mini-bench-{os.getpid()}"
     store = f"file://{directory}/state.json"
     args = ["--pool", PARENT, "--host-id", "bench", "--log-level", "warning"]
-    try:
-        from tests.e2e.engines import Host
-    except ImportError:
-        yield from _plain_engine(directory, prefix, store, args)
-        return
-    host = Host("e2e", directory / "host", prefix=prefix, store=store, driver_args=args)
-    try:
-        host.start()
-        host.engine.wait_ready()
-        host.driver.start()
-        yield Rig(host.engine.socket, host.driver.name, host.engine.env, "engines.Host (own network+mount namespace)")
-    finally:
-        host.destroy()
-
-
-def _plain_engine(directory: Path, prefix: str, store: str, args: list[str]) -> Iterator[Rig]:
-    """The notes' recipe: dockerd in the root namespaces (without docker0), the driver in /run/docker/plugins."""
     socket_path = directory / "docker.sock"
     env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
     env["DOCKER_CONFIG"] = str(directory / "cli")
     (directory / "daemon.json").write_text(json.dumps({"deprecated-key-path": str(directory / "key.json")}))
     plugin = Path("/run/docker/plugins") / f"{prefix}.sock"
-    driver = Driver(plugin, store, *args, log=directory / "driver.log")
+    driver = driver_process(plugin, store, *args, log=directory / "driver.log")
     with (directory / "dockerd.log").open("ab") as log:
         dockerd = subprocess.Popen(
             [
@@ -128,7 +103,7 @@ def _plain_engine(directory: Path, prefix: str, store: str, args: list[str]) -> 
         )
     rig = Rig(socket_path, prefix, env, "plain dockerd (root namespaces, --bridge=none --iptables=false)")
     try:
-        wait_until(lambda: _answers(rig), 60, "dockerd", interval=0.1)
+        wait_until(lambda: _answers(rig), timeout=60, what="dockerd", interval=0.1)
         driver.start()
         yield rig
     finally:
@@ -136,7 +111,7 @@ def _plain_engine(directory: Path, prefix: str, store: str, args: list[str]) -> 
             networks = rig.docker("network", "ls", "-q", "--filter", "type=custom").split()
             if networks:
                 rig.docker("network", "rm", *networks)
-        stop_pid(dockerd, timeout=30)
+        stop_process(dockerd, timeout=30)
         driver.stop()
 
 

@@ -12,7 +12,7 @@ Measured two ways, interleaved round by round in one run:
   temporary Unix socket; one key prefix per map), so only the allocator and the store are timed;
 * via the socket: a ``mini-ipam serve`` process per map and store: memory maps filled through the
   socket; file maps (the durable store, journal + fdatasync) written at once as a state file
-  (``common.build_state_file``, the same shapes) and loaded by the driver; Redis maps filled in-process
+  (``support.maps.build_state_file``, the same shapes) and loaded by the driver; Redis maps filled in-process
   under the driver's host id and then served by the driver from Redis.
 
 Figure: median over rounds of (median pair time at 98%) / (median pair time empty). Target <= 1.5.
@@ -29,22 +29,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common import (
-    Driver,
-    RedisServer,
-    Report,
-    UnixClient,
-    allocator_for,
-    build_state_file,
-    describe,
-    flatten,
-    in_threads,
-    interleave,
-    median,
-    pool_pair,
-    request_pool_body,
-    temp_directory,
-)
+from support.client import UnixClient, pool_pair, sized_pool
+from support.maps import allocator_for, build_state_file, in_threads
+from support.processes import RedisProcess, driver_process, temp_directory
+from support.report import Report
+from support.stats import describe, flatten, interleave, median
+
+from mini_ipam.testing import DriverProcess
 
 PARENT = "10.64.0.0/14"
 SIZE = 28
@@ -73,7 +64,7 @@ def fill_via_socket(socket_path: Path, shape: str, seed: int = 6) -> None:
     """The same shapes, made through a driver's socket (4 client threads, a connection each)."""
     if shape == "empty":
         return
-    body = request_pool_body(SIZE)
+    body = sized_pool(SIZE)
 
     def worker() -> Callable[[], str]:
         client = UnixClient(socket_path)
@@ -132,8 +123,8 @@ def main() -> None:
     report = Report("flat_allocation", "RequestPool+ReleasePool of a /28 in a /14 at 98% fill vs empty")
     fill_seconds: dict[str, float] = {}
     with temp_directory("flat") as directory:
-        redis = RedisServer(directory).start()
-        drivers: list[Driver] = []
+        redis = RedisProcess(directory).start()
+        drivers: list[DriverProcess] = []
         try:
             variants: dict[str, Callable[[], list[float]]] = {}
             for index, shape in enumerate(MAPS):
@@ -142,7 +133,7 @@ def main() -> None:
                 fill_map(memory, shape)
                 variants[f"in-process/memory/{shape}"] = in_process_batch(memory, args.pairs)
                 prefix = f"flat{index}"
-                shared = allocator_for(RedisStore.from_url(redis.url(prefix)), PARENT, HOST, SIZE)
+                shared = allocator_for(RedisStore.from_url(redis.store_url(prefix)), PARENT, HOST, SIZE)
                 fill_map(shared, shape)
                 variants[f"in-process/redis/{shape}"] = in_process_batch(shared, args.pairs)
                 state = directory / f"{prefix}.json"
@@ -150,9 +141,9 @@ def main() -> None:
                     holes = SLOTS - HELD if shape == "98% holes" else 0
                     build_state_file(state, HELD, PARENT, HOST, holes=holes, verify=False)
                 file_url = f"file://{state}"
-                for store, url in (("memory", "memory://"), ("file", file_url), ("redis", redis.url(prefix))):
+                for store, url in (("memory", "memory://"), ("file", file_url), ("redis", redis.store_url(prefix))):
                     name = f"{store}{index}"
-                    driver = Driver(
+                    driver = driver_process(
                         directory / f"{name}.sock",
                         url,
                         "--pool",
@@ -169,8 +160,8 @@ def main() -> None:
                     ).start()
                     drivers.append(driver)
                     if store == "memory":
-                        fill_via_socket(driver.socket, shape)
-                    variants[f"socket/{store}/{shape}"] = socket_batch(UnixClient(driver.socket), args.pairs)
+                        fill_via_socket(driver.socket_path, shape)
+                    variants[f"socket/{store}/{shape}"] = socket_batch(UnixClient(driver.socket_path), args.pairs)
                 fill_seconds[shape] = round(time.perf_counter() - started, 1)
                 print(f"filled the {shape!r} maps in {fill_seconds[shape]} s", flush=True)
             for run in variants.values():

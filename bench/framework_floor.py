@@ -10,7 +10,7 @@ own settings (``mini_ipam.server.serve``: 8 threads):
 * ``bare``            a one-route Flask app that reads the body and returns ``{"Data": {}}``;
 * ``raw``             canned bytes from a plain socket loop: the client's and kernel's own cost.
 
-One client thread on one keep-alive connection per server (``common.UnixClient``) sends, per pair,
+One client thread on one keep-alive connection per server (``support.client.UnixClient``) sends, per pair,
 a RequestAddress and the ReleaseAddress of the address it got (the bare and raw servers get the same
 two bodies). The variants are interleaved round by round; a figure is the median over rounds of the
 per-round ratio of median pair times. Target: driver / bare <= 1.3 (at the default level; the
@@ -29,21 +29,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from common import (
-    BENCH,
-    Driver,
-    Report,
-    UnixClient,
-    describe,
-    flatten,
-    interleave,
-    median,
-    request_address_body,
-    request_pool_body,
-    stop_pid,
-    temp_directory,
-    wait_until,
-)
+from support import BENCH
+from support.client import UnixClient, answers, sized_pool
+from support.processes import driver_process, temp_directory
+from support.report import Report
+from support.stats import describe, flatten, interleave, median
+
+from mini_ipam import protocol
+from mini_ipam.testing import stop_process, wait_until
 
 TARGET = 1.3
 LEVELS = ("info", "debug", "warning")
@@ -68,7 +61,7 @@ def _decoded_then_fixed(reply: bytes) -> str:
 
 def _pairs(client: UnixClient, pool_id: str, pairs: int, released: Callable[[bytes], str]) -> Callable[[], list[float]]:
     """Posts a RequestAddress, then the ReleaseAddress of ``released(reply)``; seconds per request."""
-    request = json.dumps(request_address_body(pool_id)).encode()
+    request = json.dumps(protocol.request_address(pool_id)).encode()
     post = client.post
     clock = time.perf_counter
 
@@ -89,7 +82,6 @@ def _pairs(client: UnixClient, pool_id: str, pairs: int, released: Callable[[byt
 
 def start_baseline(directory: Path, name: str, *flags: str) -> subprocess.Popen[bytes]:
     """Start ``bare_server.py`` on ``directory/name.sock`` and wait until it answers."""
-    from common import activates
 
     socket_path = directory / f"{name}.sock"
     log = (directory / f"{name}.log").open("ab")
@@ -98,7 +90,7 @@ def start_baseline(directory: Path, name: str, *flags: str) -> subprocess.Popen[
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    wait_until(lambda: activates(socket_path), 30, f"{name} server")
+    wait_until(lambda: answers(socket_path), timeout=30, what=f"{name} server")
     return process
 
 
@@ -111,7 +103,7 @@ def main() -> None:
     report = Report("framework_floor", "driver per-request cost (RequestAddress+ReleaseAddress) vs a bare Flask route")
     with temp_directory("floor") as directory:
         drivers = {
-            level: Driver(
+            level: driver_process(
                 directory / f"{level}.sock", "memory://", "--pool", "10.0.0.0/16", "--log-level", level,
                 log=directory / f"{level}.log",
             )
@@ -124,9 +116,7 @@ def main() -> None:
             baselines.append(start_baseline(directory, "bare"))
             baselines.append(start_baseline(directory, "raw", "--raw"))
             clients = {name: UnixClient(directory / f"{name}.sock") for name in (*LEVELS, "bare", "raw")}
-            pools = {
-                level: clients[level].ok("IpamDriver.RequestPool", request_pool_body(24))["PoolID"] for level in LEVELS
-            }
+            pools = {level: clients[level].ok("IpamDriver.RequestPool", sized_pool(24))["PoolID"] for level in LEVELS}
             variants = {f"driver/{level}": driver_batch(clients[level], pools[level], args.pairs) for level in LEVELS}
             variants["bare"] = bare_batch(clients["bare"], pools["info"], args.pairs)
             variants["raw"] = bare_batch(clients["raw"], pools["info"], args.pairs)
@@ -138,7 +128,7 @@ def main() -> None:
             for driver in drivers.values():
                 driver.stop()
             for process in baselines:
-                stop_pid(process)
+                stop_process(process)
 
     print(f"per request, median of {args.rounds} interleaved rounds of {args.pairs} pairs (one client thread):")
     for name, rounds in samples.items():
@@ -148,7 +138,7 @@ def main() -> None:
         "pairs_per_round": args.pairs,
         "per_request": {name: describe(flatten(rounds)) for name, rounds in samples.items()},
         "log_lines": log_lines,
-        "client": "one thread, one keep-alive connection per server, raw-socket HTTP/1.1 (common.UnixClient)",
+        "client": "one thread, one keep-alive connection per server, raw-socket HTTP/1.1 (support.client.UnixClient)",
     }
     for level in LEVELS:
         name = f"framework floor: driver (log {level}) / bare Flask"

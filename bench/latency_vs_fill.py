@@ -29,25 +29,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common import (
-    BENCH,
-    RESULTS,
-    Driver,
-    RedisServer,
-    Report,
-    UnixClient,
-    code_state,
-    flatten,
-    in_threads,
-    interleave,
-    median,
-    p99,
-    percentile,
-    pool_pair,
-    request_pool_body,
-    round_ratios,
-    temp_directory,
-)
+from support import BENCH, RESULTS
+from support.client import UnixClient, pool_pair, sized_pool
+from support.maps import in_threads
+from support.processes import RedisProcess, driver_process, temp_directory
+from support.report import Report, code_state
+from support.stats import flatten, interleave, median, p99, percentile, round_ratios
 
 PARENT = "10.64.0.0/14"
 SLOTS = 1 << (28 - 14)
@@ -81,7 +68,7 @@ def top_up(socket_path: Path, count: int) -> None:
 
     def worker() -> Callable[[], object]:
         client = UnixClient(socket_path)
-        return lambda: client.ok("IpamDriver.RequestPool", request_pool_body())
+        return lambda: client.ok("IpamDriver.RequestPool", sized_pool())
 
     in_threads(worker, count)
 
@@ -149,28 +136,30 @@ def main() -> None:
     table: dict[str, dict[int, dict[str, float]]] = {name: {} for name in names}
     ratios: dict[str, dict[int, float]] = {store: {} for store in STORES}
     with temp_directory("fill") as directory:
-        redis = RedisServer(directory).start()
+        redis = RedisProcess(directory).start()
         urls = {
             "memory": "memory://",
             "memory" + EMPTY: "memory://",
             "file": f"file://{directory}/filled.json",
             "file" + EMPTY: f"file://{directory}/empty.json",
-            "redis": redis.url("filled"),
-            "redis" + EMPTY: redis.url("empty"),
+            "redis": redis.store_url("filled"),
+            "redis" + EMPTY: redis.store_url("empty"),
         }
         drivers = {
-            name: Driver(directory / f"driver{number}.sock", urls[name], *flags, log=directory / f"driver{number}.log")
+            name: driver_process(
+                directory / f"driver{number}.sock", urls[name], *flags, log=directory / f"driver{number}.log"
+            )
             for number, name in enumerate(names)
         }
         try:
             for driver in drivers.values():
                 driver.start()
-            clients = {name: UnixClient(driver.socket) for name, driver in drivers.items()}
+            clients = {name: UnixClient(driver.socket_path) for name, driver in drivers.items()}
             held = 0
             for level in LEVELS:
                 target = round(SLOTS * level / 100)
                 for store in STORES:
-                    top_up(drivers[store].socket, target - held)
+                    top_up(drivers[store].socket_path, target - held)
                 held = target
                 variants = {name: pair_batch(client, args.pairs) for name, client in clients.items()}
                 for run in variants.values():

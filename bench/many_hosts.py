@@ -27,18 +27,12 @@ import threading
 import time
 from typing import Any
 
-from common import (
-    Driver,
-    RedisServer,
-    Report,
-    UnixClient,
-    cpu_seconds,
-    median,
-    percentile,
-    request_pool_body,
-    spread,
-    temp_directory,
-)
+from support.client import UnixClient, sized_pool
+from support.processes import RedisProcess, cpu_seconds, driver_process, temp_directory
+from support.report import Report
+from support.stats import median, percentile, spread
+
+from mini_ipam.testing import DriverProcess
 
 PARENT = "10.128.0.0/12"
 HOSTS = (1, 2, 4, 8)
@@ -54,7 +48,7 @@ def client_main(socket_path: str, threads: int, seconds: float, hold: int, start
 
     def work(number: int) -> None:
         client = UnixClient(socket_path)
-        body = json.dumps(request_pool_body(28)).encode()
+        body = json.dumps(sized_pool(28)).encode()
         mine, times = held[number], latencies[number]
         clock = time.perf_counter
         client.post("/Plugin.Activate")  # connect before the start
@@ -106,7 +100,7 @@ def overlaps(subnets: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> in
 
 
 def one_run(
-    drivers: list[Driver], redis: RedisServer, hosts: int, seconds: float, hold: int, prefix_url: str
+    drivers: list[DriverProcess], redis: RedisProcess, hosts: int, seconds: float, hold: int, prefix_url: str
 ) -> dict[str, Any]:
     """k drivers, each with a client process; the map checked after; everything released again."""
     import stores
@@ -116,7 +110,7 @@ def one_run(
     cpu_before = {"redis": cpu_seconds(redis.pid), "drivers": sum(cpu_seconds(d.pid) for d in drivers)}
     clients = [
         subprocess.Popen(
-            [sys.executable, __file__, "--client", str(d.socket), "--seconds", str(seconds), "--hold", str(hold)]
+            [sys.executable, __file__, "--client", str(d.socket_path), "--seconds", str(seconds), "--hold", str(hold)]
             + ["--start-at", repr(start_at)],
             stdout=subprocess.PIPE,
         )
@@ -148,7 +142,7 @@ def one_run(
         "cpu_cores_busy": {name: round(value / seconds, 2) for name, value in cpu.items()},
     }
     for driver, output in zip(active, outputs, strict=True):
-        client = UnixClient(driver.socket)
+        client = UnixClient(driver.socket_path)
         for pool in output["held"]:
             client.ok("IpamDriver.ReleasePool", {"PoolID": pool})
         client.close()
@@ -170,10 +164,10 @@ def main() -> None:
     report = Report("many_hosts", "1/2/4/8 drivers on one Redis, 2 client threads each: throughput, latency, overlaps")
     runs: dict[int, list[dict[str, Any]]] = {hosts: [] for hosts in HOSTS}
     with temp_directory("hosts") as directory:
-        redis = RedisServer(directory).start()
-        url = redis.url("hosts")
+        redis = RedisProcess(directory).start()
+        url = redis.store_url("hosts")
         drivers = [
-            Driver(
+            driver_process(
                 directory / f"host{n}.sock",
                 url,
                 "--pool",

@@ -1,7 +1,7 @@
 """Benchmark 7, memory: the resident size (VmRSS) of a driver holding 100,000 pools. Target <= 200 MB.
 
 Filling 100,000 pools through the socket would take minutes, so the state is built at once: a state
-file is written by ``common.build_state_file`` (an Allocator over a MemoryStore, dumped in the file store's
+file is written by ``support.maps.build_state_file`` (an Allocator over a MemoryStore, dumped in the file store's
 own snapshot format) and a driver is started on it with ``--store file://...``. The file store *is* the
 memory store plus a journal, so the driver then holds the memory store's structures; its RSS is read from
 ``/proc/<pid>/status`` once it answers, after a few requests. That RSS also holds what loading left
@@ -31,17 +31,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common import (
-    Driver,
-    Report,
-    UnixClient,
-    build_state_file,
-    driver_holds,
-    in_threads,
-    proc_status,
-    request_pool_body,
-    temp_directory,
-)
+from support.client import UnixClient, sized_pool
+from support.maps import build_state_file, driver_holds, in_threads
+from support.processes import driver_process, proc_status, rss_kb, temp_directory
+from support.report import Report
+
+from mini_ipam.testing import DriverProcess
 
 PARENT = "10.0.0.0/11"  # 131,072 /28 slots
 HOST = "bench"
@@ -49,13 +44,13 @@ POOLS = 100_000
 TARGET_MB = 200.0
 
 
-def measure(driver: Driver, pools: int) -> dict[str, float]:
+def measure(driver: DriverProcess, pools: int) -> dict[str, float]:
     """VmRSS and VmHWM of a ready driver, in MB, after a few requests (and a check that it holds ``pools``)."""
-    driver_holds(driver.socket, pools, PARENT)
-    with UnixClient(driver.socket) as client:
+    driver_holds(driver.socket_path, pools, PARENT)
+    with UnixClient(driver.socket_path) as client:
         for _ in range(20):
             client.ok("Plugin.Activate")
-    return {"VmRSS_MB": driver.rss_kb() / 1024, "VmHWM_MB": proc_status(driver.pid, "VmHWM") / 1024}
+    return {"VmRSS_MB": rss_kb(driver.pid) / 1024, "VmHWM_MB": proc_status(driver.pid, "VmHWM") / 1024}
 
 
 def breakdown(directory: Path, pools: int = 20_000) -> tuple[float, list[dict[str, Any]]]:
@@ -97,8 +92,8 @@ def main() -> None:
     rss: dict[str, dict[str, float]] = {}
     with temp_directory("rss") as directory:
 
-        def driver(name: str, store: str) -> Driver:
-            return Driver(directory / f"{name}.sock", store, *flags, log=directory / f"{name}.log")
+        def driver(name: str, store: str) -> DriverProcess:
+            return driver_process(directory / f"{name}.sock", store, *flags, log=directory / f"{name}.log")
 
         cases = [("100k pools", POOLS, False), ("100k pools + gateways", POOLS, True), ("10k file", 10_000, False)]
         for name, pools, gateways in cases:
@@ -123,8 +118,8 @@ def main() -> None:
         try:
 
             def filler() -> Callable[[], object]:
-                client = UnixClient(memory.socket)
-                return lambda: client.ok("IpamDriver.RequestPool", request_pool_body())
+                client = UnixClient(memory.socket_path)
+                return lambda: client.ok("IpamDriver.RequestPool", sized_pool())
 
             in_threads(filler, 10_000)
             rss["10k memory"] = measure(memory, 10_000)

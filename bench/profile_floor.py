@@ -39,20 +39,14 @@ from pathlib import Path
 from typing import Any
 
 from bare_server import bare_app
-from common import (
-    Driver,
-    Report,
-    UnixClient,
-    flatten,
-    interleave,
-    median,
-    request_address_body,
-    request_pool_body,
-    round_ratios,
-    stop_pid,
-    temp_directory,
-)
 from framework_floor import start_baseline
+from support.client import UnixClient, sized_pool
+from support.processes import driver_process, temp_directory
+from support.report import Report
+from support.stats import flatten, interleave, median, round_ratios
+
+from mini_ipam import protocol
+from mini_ipam.testing import stop_process
 
 # -- part 1: in-process ------------------------------------------------------------
 
@@ -108,7 +102,7 @@ def wsgi_post(app: Any, path: str, body: bytes) -> bytes:
 
 def wsgi_pairs(app: Any, pool_id: str, pairs: int, level: int | None = None) -> Callable[[], list[float]]:
     """RequestAddress + ReleaseAddress pairs straight into ``app``; seconds per request."""
-    request = json.dumps(request_address_body(pool_id)).encode()
+    request = json.dumps(protocol.request_address(pool_id)).encode()
     clock = time.perf_counter
 
     def run() -> list[float]:
@@ -166,7 +160,7 @@ def in_process(directory: Path, rounds: int, pairs: int, report: Report) -> dict
     """Part 1: the driver's own cost per request, deterministic and free of sockets and threads."""
     driver = driver_app(directory)
     bare = bare_app()
-    pool_id = json.loads(wsgi_post(driver, "/IpamDriver.RequestPool", json.dumps(request_pool_body(24)).encode()))
+    pool_id = json.loads(wsgi_post(driver, "/IpamDriver.RequestPool", json.dumps(sized_pool(24)).encode()))
     pool = pool_id["PoolID"]
     variants = {
         "driver/warning": wsgi_pairs(driver, pool, pairs, logging.WARNING),
@@ -277,7 +271,7 @@ def layers(rounds: int, pairs: int, report: Report) -> dict[str, Any]:
     apps = {"bare": bare_app(), **layered_apps()}
     variants = {}
     for name, app in apps.items():
-        reply = json.loads(wsgi_post(app, "/IpamDriver.RequestPool", json.dumps(request_pool_body(24)).encode()))
+        reply = json.loads(wsgi_post(app, "/IpamDriver.RequestPool", json.dumps(sized_pool(24)).encode()))
         variants[name] = wsgi_pairs(app, reply.get("PoolID", "local/10.0.0.0/24"), pairs)
     for run in variants.values():
         run()
@@ -346,7 +340,7 @@ def load(clients: dict[str, tuple[UnixClient, str]], seconds: float, pairs: int 
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         for name, (client, pool_id) in clients.items():
-            request = json.dumps(request_address_body(pool_id)).encode()
+            request = json.dumps(protocol.request_address(pool_id)).encode()
             for _ in range(pairs):
                 _, body = client.post("/IpamDriver.RequestAddress", request)
                 address = json.loads(body).get("Address", "10.0.0.2/24").split("/")[0]
@@ -381,7 +375,7 @@ def with_py_spy(args: argparse.Namespace, report: Report) -> dict[str, Any]:
     hot: dict[str, dict[str, float]] = {}
     with temp_directory("prof") as directory:
         drivers = {
-            name: Driver(
+            name: driver_process(
                 directory / f"{name}.sock", "memory://", "--pool", "10.0.0.0/16", *flags, log=directory / f"{name}.log"
             )
             for name, flags in (("warning", ("--log-level", "warning")), ("info", ()))
@@ -397,9 +391,7 @@ def with_py_spy(args: argparse.Namespace, report: Report) -> dict[str, Any]:
             clients = {}
             for name, stem in sockets.items():
                 client = UnixClient(directory / f"{stem}.sock")
-                pool = client.call("IpamDriver.RequestPool", request_pool_body(24))[1].get(
-                    "PoolID", "local/10.0.0.0/24"
-                )
+                pool = client.call("IpamDriver.RequestPool", sized_pool(24))[1].get("PoolID", "local/10.0.0.0/24")
                 clients[name] = (client, pool)
             load(clients, 1.0)  # warm up
             for name, pid in pids.items():
@@ -429,7 +421,7 @@ def with_py_spy(args: argparse.Namespace, report: Report) -> dict[str, Any]:
             for driver in drivers.values():
                 driver.stop()
             if bare is not None:
-                stop_pid(bare)
+                stop_process(bare)
     categories = sorted({c for row in table.values() for c in row if not c.startswith("(")})
     print(f"\nGIL-holding work per request, microseconds ({args.seconds:g} s each, py-spy --gil at {args.rate} Hz):")
     print(f"  {'category':<56}" + "".join(f"{name:>16}" for name in table))

@@ -25,17 +25,13 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from common import (
-    Driver,
-    RedisServer,
-    Report,
-    UnixClient,
-    allocator_for,
-    in_threads,
-    request_address_body,
-    request_pool_body,
-    temp_directory,
-)
+from support.client import UnixClient, sized_pool
+from support.maps import allocator_for, in_threads
+from support.processes import RedisProcess, driver_process, temp_directory
+from support.report import Report
+
+from mini_ipam import protocol
+from mini_ipam.testing import DriverProcess
 
 PARENT = "10.64.0.0/14"
 SLOTS = 1 << (28 - 14)
@@ -118,17 +114,21 @@ def measure(client: UnixClient, monitor: Monitor, address_pool: str, batch: int)
     results: dict[str, dict[str, Any]] = {}
     pool_ids: list[str] = []
     results["RequestPool"] = count(
-        monitor, lambda: pool_ids.append(client.ok("IpamDriver.RequestPool", request_pool_body())["PoolID"]), batch
+        monitor,
+        lambda: pool_ids.append(client.ok("IpamDriver.RequestPool", sized_pool())["PoolID"]),
+        batch,
     )
     gateways = iter(pool_ids)
     results["RequestAddress (gateway)"] = count(
-        monitor, lambda: client.ok("IpamDriver.RequestAddress", request_address_body(next(gateways), True)), batch
+        monitor, lambda: client.ok("IpamDriver.RequestAddress", protocol.request_address(next(gateways), True)), batch
     )
     addresses: list[str] = []
     few = min(batch, 10)  # the 98% pool has 20 free addresses
     results["RequestAddress"] = count(
         monitor,
-        lambda: addresses.append(client.ok("IpamDriver.RequestAddress", request_address_body(address_pool))["Address"]),
+        lambda: addresses.append(
+            client.ok("IpamDriver.RequestAddress", protocol.request_address(address_pool))["Address"]
+        ),
         few,
     )
     held = iter(addresses)
@@ -146,7 +146,7 @@ def measure(client: UnixClient, monitor: Monitor, address_pool: str, batch: int)
     shared: list[str] = []
     results["RequestPool (global)"] = count(
         monitor,
-        lambda: shared.append(client.ok("IpamDriver.RequestPool", request_pool_body(space="global"))["PoolID"]),
+        lambda: shared.append(client.ok("IpamDriver.RequestPool", sized_pool(space="global"))["PoolID"]),
         batch,
     )
     global_gateways = iter(shared)
@@ -156,7 +156,7 @@ def measure(client: UnixClient, monitor: Monitor, address_pool: str, batch: int)
         lambda: granted.append(
             (
                 pool_id := next(global_gateways),
-                client.ok("IpamDriver.RequestAddress", request_address_body(pool_id, True))["Address"],
+                client.ok("IpamDriver.RequestAddress", protocol.request_address(pool_id, True))["Address"],
             )
         ),
         batch,
@@ -187,14 +187,14 @@ def main() -> None:
     report = Report("redis_round_trips", "Redis commands (round trips) per request, empty map and 98% full")
     table: dict[str, dict[str, dict[str, Any]]] = {}
     with temp_directory("rtt") as directory:
-        redis = RedisServer(directory).start()
-        drivers: list[Driver] = []
+        redis = RedisProcess(directory).start()
+        drivers: list[DriverProcess] = []
         try:
-            full_pool = prepare_full_map(redis.url("rttfull"))  # before MONITOR, which slows every command
+            full_pool = prepare_full_map(redis.store_url("rttfull"))  # before MONITOR, which slows every command
             monitor = Monitor(redis.client())
             for fill_name, prefix in (("empty", "rttempty"), ("98%", "rttfull")):
-                url = redis.url(prefix)
-                driver = Driver(
+                url = redis.store_url(prefix)
+                driver = driver_process(
                     directory / f"{prefix}.sock",
                     url,
                     "--pool",
@@ -208,10 +208,10 @@ def main() -> None:
                     log=directory / f"{prefix}.log",
                 ).start()
                 drivers.append(driver)
-                client = UnixClient(driver.socket)
+                client = UnixClient(driver.socket_path)
                 address_pool = full_pool
                 if fill_name == "empty":
-                    address_pool = client.ok("IpamDriver.RequestPool", request_pool_body(22))["PoolID"]
+                    address_pool = client.ok("IpamDriver.RequestPool", sized_pool(22))["PoolID"]
                 measure(client, monitor, address_pool, 5)  # warm up: connections, script loading
                 table[fill_name] = measure(client, monitor, address_pool, args.batch)
         finally:

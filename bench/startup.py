@@ -3,7 +3,7 @@
 Three drivers, started and stopped in turn, interleaved round by round:
 
 * ``memory``: ``memory://``, empty (the floor: interpreter, imports, the socket);
-* ``file 10k``: ``file://`` whose state file holds 10,000 pools (built at once, see ``common.build_state_file``);
+* ``file 10k``: ``file://`` whose state file holds 10,000 pools (built at once, see ``support.maps.build_state_file``);
 * ``redis 10k``: a redis-server on a temporary Unix socket whose map holds 10,000 pools (filled in-process).
 
 The clock starts just before the process is spawned (``python -m mini_ipam serve ...``, what the
@@ -24,21 +24,14 @@ import sys
 import time
 from collections.abc import Callable
 
-from common import (
-    REPO,
-    Driver,
-    RedisServer,
-    Report,
-    activates,
-    allocator_for,
-    build_state_file,
-    driver_holds,
-    in_threads,
-    interleave,
-    median,
-    temp_directory,
-    wait_until,
-)
+from support import REPO
+from support.client import answers
+from support.maps import allocator_for, build_state_file, driver_holds, in_threads
+from support.processes import RedisProcess, driver_process, temp_directory
+from support.report import Report
+from support.stats import interleave, median
+
+from mini_ipam.testing import DriverProcess, wait_until
 
 PARENT = "10.0.0.0/12"
 HOST = "bench"
@@ -46,7 +39,7 @@ POOLS = 10_000
 TARGET = 1.0
 
 
-def time_to_answer(driver: Driver) -> float:
+def time_to_answer(driver: DriverProcess) -> float:
     """Seconds from spawning ``driver`` to its first 200 on Plugin.Activate; the driver is stopped after."""
     started = time.perf_counter()
     driver.spawn()
@@ -58,12 +51,12 @@ def time_to_answer(driver: Driver) -> float:
     return elapsed
 
 
-def one_start(driver: Driver) -> Callable[[], list[float]]:
+def one_start(driver: DriverProcess) -> Callable[[], list[float]]:
     """A batch of one start of ``driver``, for ``interleave``."""
     return lambda: [time_to_answer(driver)]
 
 
-def import_seconds(driver: Driver) -> float:
+def import_seconds(driver: DriverProcess) -> float:
     """What importing costs in one start of ``driver``: the top-level imports of ``-X importtime``, summed."""
     log = driver.log.with_suffix(".importtime")
     with log.open("wb") as out:
@@ -71,7 +64,7 @@ def import_seconds(driver: Driver) -> float:
             [sys.executable, "-X", "importtime", *driver.command[1:]], stdout=out, stderr=out, cwd=REPO
         )
     try:
-        wait_until(lambda: activates(driver.socket), 60, "the driver", interval=0.001)
+        wait_until(lambda: answers(driver.socket_path), timeout=60, what="the driver", interval=0.001)
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -95,18 +88,20 @@ def main() -> None:
     with temp_directory("start") as directory:
         state = directory / "state.json"
         build_state_file(state, POOLS, PARENT, HOST)
-        redis = RedisServer(directory).start()
+        redis = RedisProcess(directory).start()
         try:
-            shared = allocator_for(RedisStore.from_url(redis.url("start")), PARENT, HOST)
+            shared = allocator_for(RedisStore.from_url(redis.store_url("start")), PARENT, HOST)
             in_threads(lambda: lambda: shared.request_pool(_dynamic()), POOLS)
             drivers = {
-                "memory": Driver(directory / "m.sock", "memory://", *flags, log=directory / "m.log"),
-                "file 10k": Driver(directory / "f.sock", f"file://{state}", *flags, log=directory / "f.log"),
-                "redis 10k": Driver(directory / "r.sock", redis.url("start"), *flags, log=directory / "r.log"),
+                "memory": driver_process(directory / "m.sock", "memory://", *flags, log=directory / "m.log"),
+                "file 10k": driver_process(directory / "f.sock", f"file://{state}", *flags, log=directory / "f.log"),
+                "redis 10k": driver_process(
+                    directory / "r.sock", redis.store_url("start"), *flags, log=directory / "r.log"
+                ),
             }
             for name in ("file 10k", "redis 10k"):
                 drivers[name].start()
-                driver_holds(drivers[name].socket, POOLS, PARENT)
+                driver_holds(drivers[name].socket_path, POOLS, PARENT)
                 drivers[name].stop()
             variants = {name: one_start(driver) for name, driver in drivers.items()}
             samples = interleave(variants, args.rounds)

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from stores.base import (
+    SHARED,
     Address,
     AddressClaim,
     AnySubnet,
@@ -39,7 +40,6 @@ from stores.base import (
 )
 from stores.file import FileStore
 from stores.memory import MemoryStore
-from stores.redis import RedisStore
 
 __all__ = [
     "Address",
@@ -69,10 +69,21 @@ __all__ = [
 
 Opener = Callable[..., Store]
 
+
+def _open_redis(url: str, **options: Any) -> Store:
+    # Imported here, not above: redis-py takes 0.1-0.3 s to import, which a driver on a file store
+    # would pay at every start for nothing.
+    from stores.redis import RedisStore
+
+    return RedisStore.from_url(url, **options)
+
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
 _BACKENDS: dict[str, tuple[Opener, StoreTraits]] = {
     "memory": (MemoryStore.from_url, MemoryStore.TRAITS),
     "file": (FileStore.from_url, FileStore.TRAITS),
-    **{scheme: (RedisStore.from_url, RedisStore.TRAITS) for scheme in RedisStore.SCHEMES},
+    **{scheme: (_open_redis, SHARED) for scheme in REDIS_SCHEMES},
 }
 """URL scheme -> how to open it, and what kind of store it is."""
 

@@ -161,6 +161,10 @@ class StoreTraits:
     single_writer: bool = False
 
 
+SHARED = StoreTraits(shared=True)
+"""The traits of a store that many hosts share."""
+
+
 @dataclass(frozen=True)
 class LeaseState:
     """What one renewal of a lease found.

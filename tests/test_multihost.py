@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from mini_ipam import protocol
 from stores import from_url
 from tests.driver_process import DriverProcess, call
 from tests.helpers import addresses_of
@@ -64,12 +65,12 @@ def client(driver: DriverProcess, host: str, holdings: Holdings, seed: int, oper
             pool_id = mine.pop(rng.randrange(len(mine)))
             with holdings.lock:
                 del holdings.pools[(host, pool_id)]
-            status, reply = call(driver.socket_path, "IpamDriver.ReleasePool", {"PoolID": pool_id})
+            status, reply = call(driver.socket_path, "IpamDriver.ReleasePool", protocol.release_pool(pool_id))
             if status != 200:
                 holdings.errors.append(f"release {pool_id}: {reply}")
         elif mine and choice < 0.55:
             pool_id = rng.choice(mine)
-            status, reply = call(driver.socket_path, "IpamDriver.RequestAddress", {"PoolID": pool_id, "Address": ""})
+            status, reply = call(driver.socket_path, "IpamDriver.RequestAddress", protocol.request_address(pool_id, ""))
             if status == 200:
                 with holdings.lock:
                     holdings.pools[(host, pool_id)].add(reply["Address"].split("/")[0])
@@ -77,13 +78,13 @@ def client(driver: DriverProcess, host: str, holdings: Holdings, seed: int, oper
                 holdings.errors.append(f"address in {pool_id}: {reply}")
         else:
             if choice < 0.8:
-                body = {"AddressSpace": "local", "Pool": "", "Options": {"size": str(rng.randint(24, 30))}}
+                body = protocol.request_pool(options={"size": str(rng.randint(24, 30))})
             else:
                 size = rng.randint(22, 28)
                 base = ipaddress.ip_network(PARENT) if rng.random() < 0.5 else OUTSIDE
                 offset = rng.randrange(base.num_addresses >> (32 - size)) << (32 - size)
                 subnet = ipaddress.ip_network((int(base.network_address) + offset, size))
-                body = {"AddressSpace": "local", "Pool": str(subnet), "Options": {}}
+                body = protocol.request_pool(pool=str(subnet), options={})
             status, reply = call(driver.socket_path, "IpamDriver.RequestPool", body)
             if status == 200:
                 with holdings.lock:
@@ -133,7 +134,7 @@ def test_four_hosts_share_one_map_without_overlaps(tmp_path: Path, redis_server:
 
 def request_pool(driver: DriverProcess, subnet: str = "") -> tuple[int, dict[str, str], float]:
     started = time.monotonic()
-    status, reply = call(driver.socket_path, "IpamDriver.RequestPool", {"AddressSpace": "local", "Pool": subnet})
+    status, reply = call(driver.socket_path, "IpamDriver.RequestPool", protocol.request_pool(pool=subnet))
     return status, reply, time.monotonic() - started
 
 
@@ -145,7 +146,7 @@ def test_a_host_cannot_take_what_another_holds(tmp_path: Path, redis_server: Red
         status, reply, _ = request_pool(b, "10.100.4.128/25")
         assert status == 409
         assert "held in address space local by host host-0" in reply["Err"]
-        status, reply = call(b.socket_path, "IpamDriver.ReleasePool", {"PoolID": "local/10.100.4.0/24"})
+        status, reply = call(b.socket_path, "IpamDriver.ReleasePool", protocol.release_pool("local/10.100.4.0/24"))
         assert (status, reply["Err"]) == (400, "pool local/10.100.4.0/24 is not held by host-1")
     finally:
         a.stop()
@@ -251,17 +252,15 @@ def test_round_trips_per_request_stay_flat_as_the_map_fills(tmp_path: Path, redi
         return reply
 
     def one_network() -> None:
-        pool = measure("RequestPool", "RequestPool", {"AddressSpace": "local", "Pool": ""})
+        pool = measure("RequestPool", "RequestPool", protocol.request_pool())
         gateway = {"RequestAddressType": "com.docker.network.gateway"}
-        measure(
-            "RequestAddress gateway", "RequestAddress", {"PoolID": pool["PoolID"], "Address": "", "Options": gateway}
-        )
-        measure("RequestAddress", "RequestAddress", {"PoolID": pool["PoolID"], "Address": ""})
+        measure("RequestAddress gateway", "RequestAddress", protocol.request_address(pool["PoolID"], "", gateway))
+        measure("RequestAddress", "RequestAddress", protocol.request_address(pool["PoolID"], ""))
 
     try:
         one_network()  # empty map
         for _ in range(3000):  # fill the /20 and go on into the /14
-            call(driver.socket_path, "IpamDriver.RequestPool", {"AddressSpace": "local", "Pool": ""})
+            call(driver.socket_path, "IpamDriver.RequestPool", protocol.request_pool())
         one_network()
         one_network()
     finally:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from mini_ipam import protocol
 from mini_ipam.allocator import Allocator, PoolRequest, Settings
 from mini_ipam.unix_http import get_json
 from stores import Store, from_url
@@ -71,7 +72,7 @@ def test_ls_reads_a_file_store_while_its_driver_runs(tmp_path: Path) -> None:
     url = f"file://{tmp_path}/state.json"
     driver = DriverProcess(tmp_path / "mini.sock", "--store", url, "--pool", PARENT).start()
     try:
-        body = {"AddressSpace": "local", "Pool": "", "Options": {"size": "27"}}
+        body = protocol.request_pool(options={"size": "27"})
         assert call(driver.socket_path, "IpamDriver.RequestPool", body)[0] == 200
         result = mini_ipam("ls", "--store", url, "--pool", PARENT, "--json")
         assert result.returncode == 0, result.stderr
@@ -85,7 +86,7 @@ def test_ls_reads_a_file_store_while_its_driver_runs(tmp_path: Path) -> None:
 def test_ls_asks_the_driver_for_a_memory_store(tmp_path: Path) -> None:
     driver = DriverProcess(tmp_path / "mini.sock", "--store", "memory://", "--pool", PARENT).start()
     try:
-        call(driver.socket_path, "IpamDriver.RequestPool", {"AddressSpace": "local", "Pool": "10.60.1.0/24"})
+        call(driver.socket_path, "IpamDriver.RequestPool", protocol.request_pool(pool="10.60.1.0/24"))
         result = mini_ipam("ls", "--store", "memory://", "--socket", str(driver.socket_path), "--json")
         assert result.returncode == 0, result.stderr
         assert [p["pool_id"] for p in json.loads(result.stdout)["pools"]] == ["local/10.60.1.0/24"]
@@ -120,10 +121,10 @@ def test_healthz_inventory_and_metrics(tmp_path: Path) -> None:
         status, health = get_json(sock, "/healthz")
         assert status == 200 and health["status"] == "ok" and health["store"] == "reachable"
         assert health["store_round_trip_ms"] >= 0
-        pool = call(sock, "IpamDriver.RequestPool", {"AddressSpace": "local", "Pool": "", "Options": {"size": "28"}})
+        pool = call(sock, "IpamDriver.RequestPool", protocol.request_pool(options={"size": "28"}))
         gateway = {"RequestAddressType": "com.docker.network.gateway"}
-        call(sock, "IpamDriver.RequestAddress", {"PoolID": pool[1]["PoolID"], "Address": "", "Options": gateway})
-        assert call(sock, "IpamDriver.RequestPool", {"AddressSpace": "local", "Pool": "10.60.0.0/24"})[0] == 409
+        call(sock, "IpamDriver.RequestAddress", protocol.request_address(pool[1]["PoolID"], "", gateway))
+        assert call(sock, "IpamDriver.RequestPool", protocol.request_pool(pool="10.60.0.0/24"))[0] == 409
         assert call(sock, "IpamDriver.RequestPool", {"AddressSpace": "nowhere"})[0] == 400
         text = metrics_text(sock)
         assert 'mini_ipam_requests_total{method="RequestPool",result="ok"} 1.0' in text
@@ -174,8 +175,8 @@ def test_healthz_is_503_while_the_store_is_away(tmp_path: Path) -> None:
 def test_json_logs_have_one_object_per_request(tmp_path: Path) -> None:
     driver = DriverProcess(tmp_path / "mini.sock", "--store", "memory://", "--log-format", "json").start()
     try:
-        call(driver.socket_path, "IpamDriver.RequestPool", {"AddressSpace": "local", "Pool": "10.9.0.0/24"})
-        call(driver.socket_path, "IpamDriver.RequestPool", {"AddressSpace": "local", "Pool": "10.9.0.0/25"})
+        call(driver.socket_path, "IpamDriver.RequestPool", protocol.request_pool(pool="10.9.0.0/24"))
+        call(driver.socket_path, "IpamDriver.RequestPool", protocol.request_pool(pool="10.9.0.0/25"))
     finally:
         driver.stop()
     entries = [json.loads(line) for line in driver.log.read_text().splitlines()]
@@ -188,7 +189,7 @@ def test_json_logs_have_one_object_per_request(tmp_path: Path) -> None:
 def test_text_logs_have_one_line_per_request(tmp_path: Path) -> None:
     driver = DriverProcess(tmp_path / "mini.sock", "--store", "memory://").start()
     try:
-        call(driver.socket_path, "IpamDriver.RequestPool", {"AddressSpace": "local", "Pool": "10.9.0.0/24"})
+        call(driver.socket_path, "IpamDriver.RequestPool", protocol.request_pool(pool="10.9.0.0/24"))
     finally:
         driver.stop()
     lines = [line for line in driver.log.read_text().splitlines() if "RequestPool" in line]
@@ -201,10 +202,10 @@ def test_granted_address_requests_are_logged_at_debug_only(tmp_path: Path, level
     """Level info keeps a line per network change and per refusal, not one per container."""
     driver = DriverProcess(tmp_path / "mini.sock", "--store", "memory://", "--log-level", level).start()
     try:
-        pool = call(driver.socket_path, "IpamDriver.RequestPool", {"AddressSpace": "local", "Pool": "10.9.0.0/24"})
+        pool = call(driver.socket_path, "IpamDriver.RequestPool", protocol.request_pool(pool="10.9.0.0/24"))
         pool_id = pool[1]["PoolID"]
-        assert call(driver.socket_path, "IpamDriver.RequestAddress", {"PoolID": pool_id, "Address": ""})[0] == 200
-        refused = {"PoolID": "local/10.8.0.0/24", "Address": ""}
+        assert call(driver.socket_path, "IpamDriver.RequestAddress", protocol.request_address(pool_id, ""))[0] == 200
+        refused = protocol.request_address("local/10.8.0.0/24")
         assert call(driver.socket_path, "IpamDriver.RequestAddress", refused)[0] == 400  # PoolNotFound
     finally:
         driver.stop()

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from mini_ipam import protocol
 from stores.file import FileStore
 from tests.driver_process import DriverProcess, call
 from tests.helpers import addresses_of
@@ -34,7 +35,7 @@ def test_a_network_lifecycle_over_the_socket(tmp_path: Path) -> None:
         mode = stat.S_IMODE(os.stat(driver.socket_path).st_mode)
         assert mode == 0o660
         assert call(driver.socket_path, "IpamDriver.GetCapabilities")[1]["RequiresRequestReplay"] is False
-        body = {"AddressSpace": "local", "Pool": "", "SubPool": "", "Options": {"size": "29"}, "V6": False}
+        body = protocol.request_pool(options={"size": "29"})
         status, pool = call(driver.socket_path, "IpamDriver.RequestPool", body)
         assert (status, pool["Pool"]) == (200, "10.66.0.0/29")
         gateway = {
@@ -117,7 +118,7 @@ def test_flags_come_from_the_environment(tmp_path: Path) -> None:
     }
     driver = DriverProcess(tmp_path / "env.sock", env=env).start()
     try:
-        body = {"AddressSpace": "local", "Pool": "", "SubPool": "", "Options": None, "V6": False}
+        body = protocol.request_pool()
         pools = [call(driver.socket_path, "IpamDriver.RequestPool", body)[1]["Pool"] for _ in range(5)]
         assert pools == ["10.71.0.0/26", "10.71.0.64/26", "10.71.0.128/26", "10.71.0.192/26", "10.72.0.0/26"]
     finally:
@@ -176,18 +177,18 @@ def client_loop(socket_path: Path, ledger: Ledger, seed: int) -> None:
                     # Forget it before asking: once released, another client may get it at once.
                     del ledger.pools[pool_id]
                     ledger.cut_off += 1
-                status, _ = call(socket_path, "IpamDriver.ReleasePool", {"PoolID": pool_id}, timeout=5)
+                status, _ = call(socket_path, "IpamDriver.ReleasePool", protocol.release_pool(pool_id), timeout=5)
                 assert status == 200
                 with ledger.lock:
                     ledger.cut_off -= 1
             elif mine and rng.random() < 0.5:
                 pool_id = rng.choice(mine)
-                status, reply = call(socket_path, "IpamDriver.RequestAddress", {"PoolID": pool_id, "Address": ""}, 5)
+                status, reply = call(socket_path, "IpamDriver.RequestAddress", protocol.request_address(pool_id, ""), 5)
                 if status == 200:
                     with ledger.lock:
                         ledger.pools[pool_id].add(reply["Address"].split("/")[0])
             else:
-                body = {"AddressSpace": "local", "Pool": "", "Options": {"size": str(rng.randint(26, 30))}}
+                body = protocol.request_pool(options={"size": str(rng.randint(26, 30))})
                 with ledger.lock:
                     ledger.cut_off += 1
                 status, reply = call(socket_path, "IpamDriver.RequestPool", body, timeout=5)
@@ -240,7 +241,7 @@ def test_sigkill_mid_traffic_loses_nothing_and_duplicates_nothing(tmp_path: Path
     # And a restarted driver never hands out anything that is held.
     driver = DriverProcess(tmp_path / "mini.sock", *flags).start()
     try:
-        body = {"AddressSpace": "local", "Pool": "", "Options": {"size": "26"}}
+        body = protocol.request_pool(options={"size": "26"})
         fresh = ipaddress.ip_network(call(driver.socket_path, "IpamDriver.RequestPool", body)[1]["Pool"])
         assert not any(fresh.overlaps(s) for s in subnets)
     finally:

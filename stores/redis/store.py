@@ -25,6 +25,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from stores.base import (
+    SHARED,
     Address,
     AddressClaim,
     AnySubnet,
@@ -117,8 +118,7 @@ class RedisStore:
     operation is still one round trip.
     """
 
-    TRAITS = StoreTraits(shared=True)
-    SCHEMES = ("redis", "rediss", "unix")
+    TRAITS = SHARED
 
     def __init__(
         self,

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import pytest
 
+from mini_ipam import protocol
 from stores import Store
 from tests.driver_process import DriverProcess, call
 from tests.hardening.support import check_map, check_redis_keys
@@ -104,7 +105,7 @@ def one_call(socket_path: Path, ledger: Ledger, mine: list[str], rng: random.Ran
         with ledger.lock:  # forget it before asking: once freed, another client may get it at once
             ledger.maybe(pool_id, ledger.pools.pop(pool_id))
         ledger.calls["ReleasePool"] += 1
-        status, reply = post(socket_path, "IpamDriver.ReleasePool", {"PoolID": pool_id})
+        status, reply = post(socket_path, "IpamDriver.ReleasePool", protocol.release_pool(pool_id))
         with ledger.lock:
             ledger.answered_maybe(pool_id)
             if status != 200:
@@ -120,7 +121,7 @@ def one_call(socket_path: Path, ledger: Ledger, mine: list[str], rng: random.Ran
             ledger.pools[pool_id].discard(address)
             ledger.maybe_addresses.setdefault(pool_id, set()).add(address)
         ledger.calls["ReleaseAddress"] += 1
-        status, reply = post(socket_path, "IpamDriver.ReleaseAddress", {"PoolID": pool_id, "Address": address})
+        status, reply = post(socket_path, "IpamDriver.ReleaseAddress", protocol.release_address(pool_id, address))
         with ledger.lock:
             ledger.maybe_addresses[pool_id].discard(address)
             if status != 200:
@@ -134,7 +135,7 @@ def one_call(socket_path: Path, ledger: Ledger, mine: list[str], rng: random.Ran
         with ledger.lock:
             ledger.unknown_addresses[pool_id] += 1
         ledger.calls["RequestAddress"] += 1
-        body = {"PoolID": pool_id, "Address": "", "Options": options}
+        body = protocol.request_address(pool_id, "", options)
         status, reply = post(socket_path, "IpamDriver.RequestAddress", body)
         with ledger.lock:
             ledger.unknown_addresses[pool_id] -= 1
@@ -150,7 +151,7 @@ def one_call(socket_path: Path, ledger: Ledger, mine: list[str], rng: random.Ran
         v6 = rng.random() < 0.15
         size = str(rng.randint(62, 66)) if v6 else str(rng.randint(26, 30))
         options = {"size6" if v6 else "size": size}
-        body = {"AddressSpace": "local", "Pool": "", "SubPool": "", "Options": options, "V6": v6}
+        body = protocol.request_pool(options=options, v6=v6)
         with ledger.lock:
             ledger.unknown_pools += 1
         ledger.calls["RequestPool dynamic"] += 1
@@ -175,7 +176,7 @@ def one_call(socket_path: Path, ledger: Ledger, mine: list[str], rng: random.Ran
             return
         ledger.maybe(pool_id, set())
     ledger.calls["RequestPool explicit"] += 1
-    status, reply = post(socket_path, "IpamDriver.RequestPool", {"AddressSpace": "local", "Pool": str(subnet)})
+    status, reply = post(socket_path, "IpamDriver.RequestPool", protocol.request_pool(pool=str(subnet)))
     with ledger.lock:
         ledger.answered_maybe(pool_id)
         if status == 200:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from mini_ipam import protocol
 from mini_ipam.protocol import CONTENT_TYPE
 from tests.driver_process import DriverProcess, call
 from tests.hardening.support import Response, connect, exchange, read_responses, request_bytes
@@ -37,7 +38,9 @@ def chunk(data: bytes) -> bytes:
 
 
 @dataclass(frozen=True)
-class Driver:
+class FileDriver:
+    """A driver on a file store, whose state files prove that a request changed nothing."""
+
     process: DriverProcess
     directory: Path
 
@@ -56,22 +59,18 @@ class Driver:
 
 
 @pytest.fixture(scope="module")
-def driver(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Iterator[Driver]:
+def driver(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Iterator[FileDriver]:
     directory = tmp_path_factory.mktemp("raw")
     process = DriverProcess(
         directory / "mini.sock", "--store", f"file://{directory}/state.json", "--pool", "10.33.0.0/16",
         "--host-id", "raw", "--threads", "4",
     ).start()  # fmt: skip
-    body = {"AddressSpace": "local", "Pool": "10.33.5.0/24", "SubPool": "", "Options": {}, "V6": False}
+    body = protocol.request_pool(pool="10.33.5.0/24", options={})
     assert call(process.socket_path, "IpamDriver.RequestPool", body)[0] == 200
-    gateway = {
-        "PoolID": "local/10.33.5.0/24",
-        "Address": "",
-        "Options": {"RequestAddressType": "com.docker.network.gateway"},
-    }
+    gateway = protocol.request_address("local/10.33.5.0/24", gateway=True)
     assert call(process.socket_path, "IpamDriver.RequestAddress", gateway)[0] == 200
     try:
-        yield Driver(process, directory)
+        yield FileDriver(process, directory)
     finally:
         process.stop()
         capture = pytestconfig.pluginmanager.getplugin("capturemanager")
@@ -182,7 +181,7 @@ def check_replies(case: RawCase, replies: list[Response]) -> None:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_raw_bytes_get_an_answer_and_change_nothing(driver: Driver, case: RawCase) -> None:
+def test_raw_bytes_get_an_answer_and_change_nothing(driver: FileDriver, case: RawCase) -> None:
     before = driver.state()
     started = time.monotonic()
     replies = exchange(driver.socket, case.data, count=1 if case.alternatives else len(case.expect), timeout=10)
@@ -198,7 +197,7 @@ METHOD_PATHS = ["Plugin.Activate", "IpamDriver.GetCapabilities", "IpamDriver.Get
 
 
 @pytest.mark.parametrize("method", METHOD_PATHS)
-def test_every_method_refuses_a_body_over_64_kib_with_a_json_413(driver: Driver, method: str) -> None:
+def test_every_method_refuses_a_body_over_64_kib_with_a_json_413(driver: FileDriver, method: str) -> None:
     before = driver.state()
     replies = exchange(driver.socket, request_bytes(method, OVER))
     RECORDED[f"over 64 KiB to {method}"] = [status for status, _, _ in replies]
@@ -218,7 +217,7 @@ def stall(path: Path, partial: bytes) -> socket.socket:
 
 
 @pytest.mark.parametrize("count", [1, 20])
-def test_stalled_clients_do_not_hold_up_others(driver: Driver, count: int) -> None:
+def test_stalled_clients_do_not_hold_up_others(driver: FileDriver, count: int) -> None:
     """Clients stop mid-body (a Content-Length larger than what they sent) or mid-headers; others are served."""
     before = driver.state()
     partials = [
@@ -249,7 +248,7 @@ def test_stalled_clients_do_not_hold_up_others(driver: Driver, count: int) -> No
     assert driver.state() == before
 
 
-def test_clients_that_disconnect_mid_request_or_right_after_sending(driver: Driver) -> None:
+def test_clients_that_disconnect_mid_request_or_right_after_sending(driver: FileDriver) -> None:
     before = driver.state()
     cut_offs = [
         b"POST /IpamDriver.Requ",  # mid request line
@@ -284,7 +283,7 @@ def test_clients_that_disconnect_mid_request_or_right_after_sending(driver: Driv
     assert call(driver.socket, "IpamDriver.ReleasePool", {"PoolID": "local/10.33.9.0/24"}) == (200, {})
 
 
-def test_many_clients_at_once_with_hostile_bytes(driver: Driver) -> None:
+def test_many_clients_at_once_with_hostile_bytes(driver: FileDriver) -> None:
     """Every raw case at once, from many threads: the driver answers them all, then still works."""
     before = driver.state()
     failures: list[str] = []
@@ -306,7 +305,7 @@ def test_many_clients_at_once_with_hostile_bytes(driver: Driver) -> None:
     assert driver.state() == before
 
 
-def test_log_lines_cannot_be_forged_from_a_request(driver: Driver) -> None:
+def test_log_lines_cannot_be_forged_from_a_request(driver: FileDriver) -> None:
     """A newline in a PoolID, a Pool or the path must not start a new log line that looks like the driver's."""
     forged = "2026-01-01 00:00:00,000 ERROR mini_ipam: FORGED"
     size = driver.process.log.stat().st_size
@@ -322,7 +321,7 @@ def test_log_lines_cannot_be_forged_from_a_request(driver: Driver) -> None:
     assert forged_lines == [], "a client wrote its own lines into the driver's log:\n" + "\n".join(forged_lines)
 
 
-def test_read_responses_survives_a_server_that_closes(driver: Driver) -> None:
+def test_read_responses_survives_a_server_that_closes(driver: FileDriver) -> None:
     """The helper itself: an HTTP/1.0 reply ends the connection, and reading on returns what came."""
     sock = connect(driver.socket)
     try:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from mini_ipam import protocol
 from mini_ipam.unix_http import get_json
 from stores import from_url
 from tests.driver_process import DriverProcess, call
@@ -132,7 +133,7 @@ def client(driver: DriverProcess, host: int, books: Books, seed: int, stop: thre
             pool_id = usable[rng.randrange(len(usable))]
             with books.lock:
                 _, addresses = books.pools.pop(pool_id)
-            result = timed(driver, host, books, "ReleasePool", {"PoolID": pool_id})
+            result = timed(driver, host, books, "ReleasePool", protocol.release_pool(pool_id))
             if result.status == 503 and "may or may not have happened" not in result.reply["Err"]:
                 books.errors.append(f"a failed release must say its outcome is unknown: {result.reply}")
             with books.lock:
@@ -150,14 +151,14 @@ def client(driver: DriverProcess, host: int, books: Books, seed: int, stop: thre
             address = rng.choice(held)
             with books.lock:
                 books.pools[pool_id][1].discard(address)
-            result = timed(driver, host, books, "ReleaseAddress", {"PoolID": pool_id, "Address": address})
+            result = timed(driver, host, books, "ReleaseAddress", protocol.release_address(pool_id, address))
             if result.status == 503:
                 with books.lock:
                     books.pools[pool_id][1].add(address)
                     books.frozen[pool_id] = ("ReleaseAddress", result.started)
         elif usable and choice < 0.55:
             pool_id = rng.choice(usable)
-            result = timed(driver, host, books, "RequestAddress", {"PoolID": pool_id, "Address": ""})
+            result = timed(driver, host, books, "RequestAddress", protocol.request_address(pool_id, ""))
             with books.lock:
                 if result.status == 200:
                     books.pools[pool_id][1].add(result.reply["Address"].split("/")[0])
@@ -169,9 +170,9 @@ def client(driver: DriverProcess, host: int, books: Books, seed: int, stop: thre
                 size = rng.randint(24, 28)
                 offset = rng.randrange(EXPLICIT.num_addresses >> (32 - size)) << (32 - size)
                 subnet = str(ipaddress.ip_network((int(EXPLICIT.network_address) + offset, size)))
-                body = {"AddressSpace": "local", "Pool": subnet}
+                body = protocol.request_pool(pool=subnet)
             else:
-                body = {"AddressSpace": "local", "Pool": "", "Options": {"size": str(rng.randint(27, 30))}}
+                body = protocol.request_pool(options={"size": str(rng.randint(27, 30))})
             result = timed(driver, host, books, "RequestPool", body)
             with books.lock:
                 if result.status == 200:
@@ -313,7 +314,10 @@ def test_redis_restarted_paused_and_killed_under_load(
     drivers_by_host = dict(enumerate(drivers))
     try:
         for pool_id, (host, _) in sorted(in_redis.items()):
-            assert call(drivers_by_host[host].socket_path, "IpamDriver.ReleasePool", {"PoolID": pool_id})[0] == 200
+            assert (
+                call(drivers_by_host[host].socket_path, "IpamDriver.ReleasePool", protocol.release_pool(pool_id))[0]
+                == 200
+            )
         left = {k.decode() for k in client_.scan_iter(match="{" + prefix + "}:*")}
         # Request records ({P}:req:<id>, an hour's undo information) are all that may remain.
         assert {k.split(":", 2)[1] for k in left} <= {"settings", "host", "twins", "req"}, sorted(left)
@@ -342,11 +346,11 @@ def test_a_503_means_nothing_changed_even_when_redis_stalls_right_after_running_
     sleeper.ping()  # both connected now: their commands reach Redis the moment they are sent
     outcome: dict[str, object] = {}
     try:
-        warm = {"AddressSpace": "local", "Pool": "10.100.1.0/24"}
+        warm = protocol.request_pool(pool="10.100.1.0/24")
         assert call(driver.socket_path, "IpamDriver.RequestPool", warm)[0] == 200  # its connection is open now
 
         def request() -> None:
-            body = {"AddressSpace": "local", "Pool": "10.100.7.0/24"}
+            body = protocol.request_pool(pool="10.100.7.0/24")
             outcome["reply"] = call(driver.socket_path, "IpamDriver.RequestPool", body, timeout=10)
 
         hold = threading.Thread(target=holder.eval, args=(BUSY_LOOP, 0, 300_000))

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from mini_ipam import protocol
 from tests.driver_process import DriverProcess, call
 from tests.servers import RedisServer
 
@@ -185,7 +186,7 @@ def check_no_listener(driver: DriverProcess, *, outbound_tcp_allowed: bool = Fal
 
 def test_no_network_listener_with_the_file_store(tmp_path: Path, running: list[DriverProcess]) -> None:
     driver = start(running, tmp_path / "mini.sock", "--store", f"file://{tmp_path}/state.json")
-    call(driver.socket_path, "IpamDriver.RequestPool", {"AddressSpace": "local", "Pool": ""})
+    call(driver.socket_path, "IpamDriver.RequestPool", protocol.request_pool())
     check_no_listener(driver)
 
 
@@ -194,7 +195,7 @@ def test_no_network_listener_with_a_redis_store(
     tmp_path: Path, running: list[DriverProcess], redis_server: RedisServer
 ) -> None:
     driver = start(running, tmp_path / "mini.sock", "--store", f"{redis_server.url}?prefix=nolisten{os.getpid()}")
-    assert call(driver.socket_path, "IpamDriver.RequestPool", {"AddressSpace": "local", "Pool": ""})[0] == 200
+    assert call(driver.socket_path, "IpamDriver.RequestPool", protocol.request_pool())[0] == 200
     check_no_listener(driver)
 
 
@@ -204,13 +205,13 @@ SECRET_CALLS = [
     ("Plugin.Activate", None),
     ("IpamDriver.GetCapabilities", None),
     ("IpamDriver.GetDefaultAddressSpaces", None),
-    ("IpamDriver.RequestPool", {"AddressSpace": "local", "Pool": "", "SubPool": "", "Options": {}, "V6": False}),
-    ("IpamDriver.RequestPool", {"AddressSpace": "local", "Pool": "", "SubPool": "", "Options": {}, "V6": True}),
-    ("IpamDriver.RequestPool", {"AddressSpace": "global", "Pool": "10.9.0.0/24", "SubPool": "10.9.0.0/25"}),
-    ("IpamDriver.RequestAddress", {"PoolID": "local/10.9.0.0/24", "Address": "", "Options": None}),
-    ("IpamDriver.RequestAddress", {"PoolID": "local/10.9.0.0/24", "Address": "10.9.0.5"}),
-    ("IpamDriver.ReleaseAddress", {"PoolID": "local/10.9.0.0/24", "Address": "10.9.0.5"}),
-    ("IpamDriver.ReleasePool", {"PoolID": "local/10.9.0.0/24"}),
+    ("IpamDriver.RequestPool", protocol.request_pool(options={})),
+    ("IpamDriver.RequestPool", protocol.request_pool(options={}, v6=True)),
+    ("IpamDriver.RequestPool", protocol.request_pool("global", "10.9.0.0/24", "10.9.0.0/25")),
+    ("IpamDriver.RequestAddress", protocol.request_address("local/10.9.0.0/24", "")),
+    ("IpamDriver.RequestAddress", protocol.request_address("local/10.9.0.0/24", "10.9.0.5")),
+    ("IpamDriver.ReleaseAddress", protocol.release_address("local/10.9.0.0/24", "10.9.0.5")),
+    ("IpamDriver.ReleasePool", protocol.release_pool("local/10.9.0.0/24")),
 ]
 
 
@@ -259,18 +260,13 @@ def test_help_and_errors_never_show_the_password(tmp_path: Path) -> None:
 
 
 class PasswordRedis(RedisServer):
-    """A redis-server that wants a password."""
+    """A redis-server that wants a password (so it is polled for its socket, not for PING)."""
 
-    def start(self) -> None:
-        from tests.servers import require_binary, wait_until
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory, "--requirepass", "rightpass")
 
-        binary = require_binary("redis-server")
-        self.process = subprocess.Popen(
-            [binary, "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700", "--save", "",
-             "--appendonly", "no", "--dir", str(self.directory), "--requirepass", "rightpass"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        wait_until(lambda: self.socket.exists(), what="redis-server to open its socket")
+    def ping(self) -> bool:
+        return self.socket.exists()
 
 
 @pytest.mark.redis
@@ -282,7 +278,7 @@ def test_a_wrong_or_right_password_on_a_real_redis_is_never_shown(tmp_path: Path
             url = f"unix://:{password}@{server.socket}?db=0&prefix=pw{os.getpid()}"
             driver = start(running, tmp_path / f"pw{number}.sock", "--store", url, "--store-timeout", "1",
                            "--log-level", "debug")  # fmt: skip
-            status, reply = call(driver.socket_path, "IpamDriver.RequestPool", {"AddressSpace": "local", "Pool": ""})
+            status, reply = call(driver.socket_path, "IpamDriver.RequestPool", protocol.request_pool())
             if works:
                 assert status == 200, reply
             else:
