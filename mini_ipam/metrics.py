@@ -6,6 +6,7 @@ Every app gets its own registry (no process-global state), served at ``GET /metr
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import threading
 import time
@@ -20,6 +21,8 @@ from prometheus_client.utils import floatToGoString
 
 from mini_ipam.inventory import Inventory
 from stores import Store
+
+log = logging.getLogger("mini_ipam.metrics")
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _bound_text = cast(Callable[[float], str], floatToGoString)
@@ -52,6 +55,7 @@ class Metrics:
         )  # fmt: skip
         # Labels of known methods only (the app maps every other path to one label), so this stays small.
         self._children: dict[tuple[str, bool], tuple[Any, Any]] = {}
+        self._health: _HealthCollector | None = None
 
     def observe_request(self, method: str, status: int, error_kind: str | None, seconds: float) -> None:
         """Count one answered request."""
@@ -69,7 +73,20 @@ class Metrics:
 
     def watch_map(self, take: Callable[[], Inventory], max_age: float = 10.0) -> None:
         """Publish the map's state, read with ``take`` at most every ``max_age`` seconds."""
-        self.registry.register(_MapCollector(take, max_age))
+        self.registry.register(_MapCollector(take, max_age, self._store_answered))
+
+    def watch_health(self, check: Callable[[], tuple[int, dict[str, Any]]]) -> None:
+        """Publish the store's reachability and any twin host id, from the health check, at each scrape.
+
+        Nothing of it runs on the request path. Call it before ``watch_map``: collectors
+        run in that order, and a scrape whose health check found the store away does
+        not also read the map (which would wait out the store's timeout a second time).
+        """
+        self._health = _HealthCollector(check)
+        self.registry.register(self._health)
+
+    def _store_answered(self) -> bool:
+        return self._health is None or self._health.store_answered
 
     def render(self) -> bytes:
         """The registry in Prometheus text format."""
@@ -223,15 +240,18 @@ class TimedStore:
 class _MapCollector(Collector):
     """Gauges of the address map, from an inventory cached for ``max_age`` seconds."""
 
-    def __init__(self, take: Callable[[], Inventory], max_age: float) -> None:
+    def __init__(self, take: Callable[[], Inventory], max_age: float, store_answered: Callable[[], bool]) -> None:
         self._take = take
         self._max_age = max_age
+        self._store_answered = store_answered
         self._lock = threading.Lock()
         self._cached: Inventory | None = None
 
     def _inventory(self) -> Inventory | None:
         with self._lock:
             if self._cached is None or time.time() - self._cached.taken_at > self._max_age:
+                if not self._store_answered():
+                    return None
                 try:
                     self._cached = self._take()
                 except Exception:  # a scrape must never fail because the store does: /healthz says why
@@ -255,6 +275,8 @@ class _MapCollector(Collector):
             "mini_ipam_largest_free_prefixlen", "Prefix length of the largest free block, by parent (absent if full)",
             labels=("parent",),
         )  # fmt: skip
+        size = GaugeMetricFamily("mini_ipam_parent_addresses", "Addresses in the parent range, by parent",
+                                 labels=("parent",))  # fmt: skip
         in_use: dict[tuple[str, int], int] = {}
         for pool in inventory.pools:
             parent = _parent_of(pool.subnet, [p.parent for p in inventory.parents])
@@ -266,9 +288,38 @@ class _MapCollector(Collector):
                 pools.add_metric([view.parent, str(length)], count)
                 addresses.add_metric([view.parent, str(length)], in_use.get((view.parent, length), 0))
             free.add_metric([view.parent], view.free_addresses)
+            size.add_metric([view.parent], view.used_addresses + view.free_addresses)  # the parent's size
             if view.largest_free is not None:
                 largest.add_metric([view.parent], view.largest_free)
-        yield from (pools, addresses, free, largest)
+        read_at = GaugeMetricFamily(
+            "mini_ipam_map_read_timestamp_seconds",
+            "When the map gauges were read from the store (Unix time): they are cached for seconds",
+            value=inventory.taken_at,
+        )
+        yield from (pools, addresses, free, size, largest, read_at)
+
+
+class _HealthCollector(Collector):
+    """``mini_ipam_store_up`` and ``mini_ipam_twin_host``, from one health check per scrape."""
+
+    def __init__(self, check: Callable[[], tuple[int, dict[str, Any]]]) -> None:
+        self._check = check
+        self.store_answered = True
+
+    def describe(self) -> Sequence[Any]:
+        return []
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            _, body = self._check()
+        except Exception:  # a scrape must never fail; a check that cannot run did not see the store answer
+            log.warning("the health check failed", exc_info=True)
+            body = {}
+        self.store_answered = body.get("store") == "reachable"
+        yield GaugeMetricFamily("mini_ipam_store_up", "1 if the store answered this scrape's health check, else 0",
+                                value=1.0 if self.store_answered else 0.0)  # fmt: skip
+        yield GaugeMetricFamily("mini_ipam_twin_host", "1 while another live driver uses this host id on the store",
+                                value=1.0 if "twin" in body else 0.0)  # fmt: skip
 
 
 def _parent_of(subnet: str, parents: Sequence[str]) -> str | None:
