@@ -19,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from mini_ipam.errors import IpamError
 from mini_ipam.inventory import Inventory
 from stores import Store
 
@@ -27,6 +28,8 @@ log = logging.getLogger("mini_ipam.metrics")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _bound_text = cast(Callable[[float], str], floatToGoString)
 """How prometheus_client writes a bucket bound (its own helper, untyped)."""
+ERROR_KINDS = (*(kind.__name__ for kind in IpamError.__subclasses__()), "internal")
+"""The ``kind`` label of every refusal the driver makes (``internal``: a bug), besides ``http_<status>``."""
 STORE_OPERATIONS = (
     "open_pool", "close_pool", "pool", "claim_address", "claim_next_address", "release_address",
     "blocks", "pools", "addresses", "address_claims", "ping", "setting",
@@ -49,6 +52,10 @@ class Metrics:
         self.errors = CounterFamily(
             "mini_ipam_errors", "Refused or failed requests, by kind of error", ("kind",), self.registry
         )
+        # Every kind exists from the start, at 0: increase() cannot see a series' first value, so an alert
+        # on increase(mini_ipam_errors_total{kind="Exhausted"}[...]) would miss the first refusal otherwise.
+        for kind in ERROR_KINDS:
+            self.errors.labels(kind)
         self.store_latency = HistogramFamily(
             "mini_ipam_store_seconds", "Time of one store operation (a round trip for Redis), by operation",
             ("operation",), LATENCY_BUCKETS, self.registry,

@@ -21,7 +21,13 @@ if TYPE_CHECKING:
     import redis
 
 
-PACKAGES = {"dockerd": "docker.io", "docker": "docker.io", "busybox": "busybox-static"}
+PACKAGES = {
+    "dockerd": "docker.io",
+    "docker": "docker.io",
+    "busybox": "busybox-static",
+    "promtool": "prometheus",
+    "systemd-analyze": "systemd",
+}
 """Debian packages of the binaries whose package has another name."""
 
 
