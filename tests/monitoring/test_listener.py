@@ -228,3 +228,11 @@ def test_connections_held_open_on_tcp_do_not_lock_the_engine_out(tmp_path: Path,
     finally:
         for connection in held:
             connection.close()
+
+
+def test_help_names_the_flag_and_its_variable() -> None:
+    result = subprocess.run([sys.executable, "-m", "mini_ipam", "serve", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    assert "--metrics-address HOST:PORT" in text and "(never the plugin protocol)" in text
+    assert "default and empty: no TCP listener" in text and "mini-ipam serve --metrics-address 0.0.0.0:19464" in text
