@@ -24,6 +24,7 @@ from mini_ipam.errors import IpamError
 from mini_ipam.logs import FIELDS
 from mini_ipam.metrics import Metrics
 from mini_ipam.operations import Operations
+from mini_ipam.operator_app import add_operator_routes
 from mini_ipam.protocol import CONTENT_TYPE, Json
 
 log = logging.getLogger("mini_ipam.requests")
@@ -102,18 +103,7 @@ def create_app(driver: Driver, *, operations: Operations | None = None, metrics:
         record(f"{protocol.DRIVER_PREFIX}{method}", OTHER, "", 404, time.perf_counter(), None, message)
         return reply({"Err": message}, 404)
 
-    @app.get("/healthz")
-    def healthz() -> Response:
-        status, body = operations.health()
-        return Response(json.dumps(body), status=status, content_type="application/json")
-
-    @app.get("/metrics")
-    def prometheus() -> Response:
-        return Response(metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8")
-
-    @app.get("/inventory")
-    def inventory() -> Response:
-        return Response(json.dumps(operations.inventory().to_json()), content_type="application/json")
+    add_operator_routes(app, operations, metrics)
 
     @app.errorhandler(Exception)
     def unanswered(error: Exception) -> Response:

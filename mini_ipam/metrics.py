@@ -6,6 +6,7 @@ Every app gets its own registry (no process-global state), served at ``GET /metr
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import threading
 import time
@@ -18,11 +19,16 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from mini_ipam.errors import IpamError
 from mini_ipam.inventory import Inventory
+
+log = logging.getLogger("mini_ipam.metrics")
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _bound_text = cast(Callable[[float], str], floatToGoString)
 """How prometheus_client writes a bucket bound (its own helper, untyped)."""
+ERROR_KINDS = (*(kind.__name__ for kind in IpamError.__subclasses__()), "internal")
+"""The ``kind`` label of every refusal the driver makes (``internal``: a bug), besides ``http_<status>``."""
 
 
 class Metrics:
@@ -41,12 +47,17 @@ class Metrics:
         self.errors = CounterFamily(
             "mini_ipam_errors", "Refused or failed requests, by kind of error", ("kind",), self.registry
         )
+        # Every kind exists from the start, at 0: increase() cannot see a series' first value, so an alert
+        # on increase(mini_ipam_errors_total{kind="Exhausted"}[...]) would miss the first refusal otherwise.
+        for kind in ERROR_KINDS:
+            self.errors.labels(kind)
         self.store_latency = HistogramFamily(
             "mini_ipam_store_seconds", "Time of one store operation (a round trip for Redis), by operation",
             ("operation",), LATENCY_BUCKETS, self.registry,
         )  # fmt: skip
         # Labels of known methods only (the app maps every other path to one label), so this stays small.
         self._children: dict[tuple[str, bool], tuple[Any, Any]] = {}
+        self._health: _HealthCollector | None = None
 
     def observe_request(self, method: str, status: int, error_kind: str | None, seconds: float) -> None:
         """Count one answered request."""
@@ -64,7 +75,20 @@ class Metrics:
 
     def watch_map(self, take: Callable[[], Inventory], max_age: float = 10.0) -> None:
         """Publish the map's state, read with ``take`` at most every ``max_age`` seconds."""
-        self.registry.register(_MapCollector(take, max_age))
+        self.registry.register(_MapCollector(take, max_age, self._store_answered))
+
+    def watch_health(self, check: Callable[[], tuple[int, dict[str, Any]]]) -> None:
+        """Publish the store's reachability and any twin host id, from the health check, at each scrape.
+
+        Nothing of it runs on the request path. Call it before ``watch_map``: collectors
+        run in that order, and a scrape whose health check found the store away does
+        not also read the map (which would wait out the store's timeout a second time).
+        """
+        self._health = _HealthCollector(check)
+        self.registry.register(self._health)
+
+    def _store_answered(self) -> bool:
+        return self._health is None or self._health.store_answered
 
     def render(self) -> bytes:
         """The registry in Prometheus text format."""
@@ -186,15 +210,18 @@ class HistogramChild:
 class _MapCollector(Collector):
     """Gauges of the address map, from an inventory cached for ``max_age`` seconds."""
 
-    def __init__(self, take: Callable[[], Inventory], max_age: float) -> None:
+    def __init__(self, take: Callable[[], Inventory], max_age: float, store_answered: Callable[[], bool]) -> None:
         self._take = take
         self._max_age = max_age
+        self._store_answered = store_answered
         self._lock = threading.Lock()
         self._cached: Inventory | None = None
 
     def _inventory(self) -> Inventory | None:
         with self._lock:
             if self._cached is None or time.time() - self._cached.taken_at > self._max_age:
+                if not self._store_answered():
+                    return None
                 try:
                     self._cached = self._take()
                 except Exception:  # a scrape must never fail because the store does: /healthz says why
@@ -218,6 +245,8 @@ class _MapCollector(Collector):
             "mini_ipam_largest_free_prefixlen", "Prefix length of the largest free block, by parent (absent if full)",
             labels=("parent",),
         )  # fmt: skip
+        size = GaugeMetricFamily("mini_ipam_parent_addresses", "Addresses in the parent range, by parent",
+                                 labels=("parent",))  # fmt: skip
         in_use: dict[tuple[str, int], int] = {}
         for pool in inventory.pools:
             parent = _parent_of(pool.subnet, [p.parent for p in inventory.parents])
@@ -229,9 +258,38 @@ class _MapCollector(Collector):
                 pools.add_metric([view.parent, str(length)], count)
                 addresses.add_metric([view.parent, str(length)], in_use.get((view.parent, length), 0))
             free.add_metric([view.parent], view.free_addresses)
+            size.add_metric([view.parent], view.used_addresses + view.free_addresses)  # the parent's size
             if view.largest_free is not None:
                 largest.add_metric([view.parent], view.largest_free)
-        yield from (pools, addresses, free, largest)
+        read_at = GaugeMetricFamily(
+            "mini_ipam_map_read_timestamp_seconds",
+            "When the map gauges were read from the store (Unix time): they are cached for seconds",
+            value=inventory.taken_at,
+        )
+        yield from (pools, addresses, free, size, largest, read_at)
+
+
+class _HealthCollector(Collector):
+    """``mini_ipam_store_up`` and ``mini_ipam_twin_host``, from one health check per scrape."""
+
+    def __init__(self, check: Callable[[], tuple[int, dict[str, Any]]]) -> None:
+        self._check = check
+        self.store_answered = True
+
+    def describe(self) -> Sequence[Any]:
+        return []
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            _, body = self._check()
+        except Exception:  # a scrape must never fail; a check that cannot run did not see the store answer
+            log.warning("the health check failed", exc_info=True)
+            body = {}
+        self.store_answered = body.get("store") == "reachable"
+        yield GaugeMetricFamily("mini_ipam_store_up", "1 if the store answered this scrape's health check, else 0",
+                                value=1.0 if self.store_answered else 0.0)  # fmt: skip
+        yield GaugeMetricFamily("mini_ipam_twin_host", "1 while another live driver uses this host id on the store",
+                                value=1.0 if "twin" in body else 0.0)  # fmt: skip
 
 
 def _parent_of(subnet: str, parents: Sequence[str]) -> str | None:

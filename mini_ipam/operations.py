@@ -12,7 +12,7 @@ from stores import Network, StoreError
 
 
 class TwinWatch(Protocol):
-    """What the health check needs of a heartbeat (``stores.presence.HostPresence``)."""
+    """What the health check needs of a heartbeat (``mini_ipam.presence.HostPresence``)."""
 
     @property
     def twin(self) -> object | None:

@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -75,11 +76,21 @@ def _socket_answers(path: Path) -> bool:
     return True
 
 
-def serve(app: Flask, path: Path, *, threads: int = 8, mode: int = 0o660, group: str | None = None) -> None:
+def serve(
+    app: Flask,
+    path: Path,
+    *,
+    threads: int = 8,
+    mode: int = 0o660,
+    group: str | None = None,
+    on_listening: Callable[[], None] | None = None,
+) -> None:
     """Serve ``app`` on the Unix socket ``path`` until SIGTERM or SIGINT.
 
     The socket gets ``mode`` and, when ``group`` is given, that group (its owner is
-    whoever runs the driver: root, for Docker).
+    whoever runs the driver: root, for Docker). ``on_listening`` runs once the socket
+    listens (it starts the TCP listener, so that listener never answers for a driver
+    whose plugin socket is not there).
     """
     gid = _group_id(group) if group else None
     prepare_socket_path(path)
@@ -115,6 +126,8 @@ def serve(app: Flask, path: Path, *, threads: int = 8, mode: int = 0o660, group:
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     log.info("listening on %s", path)
     try:
+        if on_listening is not None:
+            on_listening()
         server.run()  # returns once a signal's SystemExit reached it
     except _Stop:
         pass  # the signal landed outside waitress's own handler

@@ -20,7 +20,13 @@ if TYPE_CHECKING:
     pass
 
 
-PACKAGES = {"dockerd": "docker.io", "docker": "docker.io", "busybox": "busybox-static"}
+PACKAGES = {
+    "dockerd": "docker.io",
+    "docker": "docker.io",
+    "busybox": "busybox-static",
+    "promtool": "prometheus",
+    "systemd-analyze": "systemd",
+}
 """Debian packages of the binaries whose package has another name."""
 
 

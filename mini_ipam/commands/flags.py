@@ -14,6 +14,7 @@ from typing import Any
 
 from mini_ipam import __version__
 from mini_ipam.allocator import DEFAULT_PARENT4, DEFAULT_SIZE4, DEFAULT_SIZE6
+from mini_ipam.listen_address import listen_address
 from mini_ipam.pool_id import SMALLEST
 
 DEFAULT_SOCKET = "/run/docker/plugins/mini.sock"
@@ -33,6 +34,8 @@ examples:
   mini-ipam serve --pool 10.10.0.0/16 --pool 10.20.0.0/16 --default-size 26
   mini-ipam serve --store redis://redis.example:6379/0 --host-id "$(hostname)"
   MINI_IPAM_STORE=memory:// mini-ipam serve --socket /tmp/mini.sock
+  mini-ipam serve --metrics-address 0.0.0.0:19464
+      also let Prometheus scrape http://HOST:19464/metrics (nothing else is served on TCP)
 
 """
 
@@ -219,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
     )
     serve.add("threads", 8, "request threads (default: %(default)s)", int, metavar="N")
+    serve.add("metrics-address", None, "also serve GET /metrics, /healthz and /inventory (never the plugin protocol) "
+              "over TCP on this address, e.g. 127.0.0.1:19464 or [::1]:19464 (default and empty: no TCP listener)",
+              listen_address, metavar="HOST:PORT")  # fmt: skip
     serve.logging()
 
     ls = _command(commands, root, "ls", "show usage per parent and every pool",

@@ -15,6 +15,8 @@ from mini_ipam.driver import Driver
 from mini_ipam.errors import IpamError
 from mini_ipam.metrics import Metrics
 from mini_ipam.operations import Operations
+from mini_ipam.operator_app import create_operator_app
+from mini_ipam.operator_listener import ListenerError, OperatorListener
 from mini_ipam.presence import HostPresence
 from mini_ipam.server import SocketInUse
 from mini_ipam.server import serve as run_server
@@ -35,7 +37,9 @@ def serve(args: argparse.Namespace) -> int:
     except IpamError as exc:
         # An unreachable store must not keep the socket from opening: the engine may be booting.
         log.warning("IPv6 parents not known yet: %s", exc)
-    app = create_app(Driver(allocator), operations=Operations(allocator, presence), metrics=metrics)
+    operations = Operations(allocator, presence)
+    metrics.watch_health(operations.health)  # before create_app's watch_map: see watch_health
+    app = create_app(Driver(allocator), operations=operations, metrics=metrics)
     log.info(
         "mini-ipam %s: store %s, parents %s, host id %s",
         __version__,
@@ -43,11 +47,16 @@ def serve(args: argparse.Namespace) -> int:
         ", ".join(map(str, settings.parents4)),
         args.host_id,
     )
+    listener: OperatorListener | None = None
     try:
-        run_server(app, Path(args.socket), threads=args.threads, group=args.socket_group)
+        listener = _operator_listener(args, operations, metrics)
+        run_server(app, Path(args.socket), threads=args.threads, group=args.socket_group,
+                   on_listening=listener.start if listener else None)  # fmt: skip
     except (SocketInUse, OSError) as exc:
         raise CommandError(f"cannot serve on {args.socket}: {exc}") from None
     finally:
+        if listener is not None:
+            listener.stop()  # before the store closes: a scrape may be reading it
         if presence is not None:
             presence.stop()
         try:
@@ -55,6 +64,16 @@ def serve(args: argparse.Namespace) -> int:
         except stores.StoreError as exc:  # stopping must still succeed when the store is away
             log.warning("the store did not close cleanly: %s", exc)
     return 0
+
+
+def _operator_listener(args: argparse.Namespace, operations: Operations, metrics: Metrics) -> OperatorListener | None:
+    """The ``--metrics-address`` listener, bound now (so a taken port stops start-up), or None."""
+    if args.metrics_address is None:
+        return None
+    try:
+        return OperatorListener(create_operator_app(operations, metrics), args.metrics_address)
+    except ListenerError as exc:
+        raise CommandError(str(exc)) from None
 
 
 def _watch_for_twins(store: stores.Store, host_id: str, ttl: float) -> HostPresence | None:
