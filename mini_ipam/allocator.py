@@ -40,6 +40,9 @@ IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 GATEWAY_NOTE = "gateway"
 """The note a gateway's address claim carries, so listings can tell it apart."""
 
+ULA_SETTING = "pool6"
+"""The store setting that holds the map's own IPv6 parent when none is configured."""
+
 DEFAULT_PARENT4 = ipaddress.IPv4Network("172.16.0.0/16")
 """The IPv4 parent when none is configured (the original Go driver's)."""
 DEFAULT_SIZE4 = 28
@@ -92,18 +95,27 @@ def random_ula() -> ipaddress.IPv6Network:
 class Allocator:
     """Subnets and addresses for Docker networks, kept in a Store."""
 
-    def __init__(self, store: Store, settings: Settings) -> None:
+    def __init__(self, store: Store, settings: Settings, *, reader: bool = False) -> None:
+        """Carve from ``settings`` in ``store``; a ``reader`` (the operator's listings) never writes to it."""
         self.store = store
         self.settings = settings
+        self.reader = reader
         self._parents6 = settings.parents6
         self._scopes = {space: scope_of(space, settings.host_id) for space in (LOCAL, GLOBAL)}
 
     @property
     def parents6(self) -> tuple[ipaddress.IPv6Network, ...]:
-        """The IPv6 parents: configured ones, or a random ULA /48 kept in the store for good."""
+        """The IPv6 parents: configured ones, or the map's ULA /48, made at random once and kept in the store.
+
+        A reader finds none while the map has none yet: it never makes one.
+        """
         if not self._parents6:
             with _StoreCall():
-                stored = self.store.setting("pool6", str(random_ula()))
+                stored = self.store.setting(ULA_SETTING)
+                if stored is None and not self.reader:
+                    stored = self.store.make_setting(ULA_SETTING, str(random_ula()))
+            if stored is None:
+                return ()
             self._parents6 = (ipaddress.IPv6Network(stored),)
         return self._parents6
 
@@ -352,6 +364,8 @@ class _StoreCall:
     store raises         the request is refused with
     ===================  ==================================================================
     UnknownPool          PoolNotFound (``pool ... is not known here``), for calls on a pool
+    MapLost              StoreFailed: the shared map was lost and is being rebuilt; what to do
+    MapRecovering        StoreFailed: the map hands out no new subnet yet; until when
     StoreError           StoreFailed: for a claim "nothing was changed" (a networked store
                          undoes one that reached it too late); for a release "may or may
                          not have happened" (its answer may be lost; it is safe to resend)
@@ -375,6 +389,14 @@ class _StoreCall:
             return
         if isinstance(exc, stores.UnknownPool) and self.pool_id is not None:
             raise PoolNotFound(f"pool {self.pool_id} is not known here") from None
+        if isinstance(exc, stores.MapLost):
+            raise StoreFailed(
+                f"{exc}. Nothing was changed: this driver re-asserts the claims it holds into a rebuilt map by "
+                "itself, and every other host's driver does the same; retry in a few seconds "
+                "(GET /healthz on the plugin socket says how far the rebuild is)"
+            ) from exc
+        if isinstance(exc, stores.MapRecovering):
+            raise StoreFailed(f"{exc}. Nothing was changed; retry then") from exc
         if isinstance(exc, stores.StoreError):
             if self.release:
                 raise StoreFailed(f"the address store failed; the release may or may not have happened: {exc}") from exc

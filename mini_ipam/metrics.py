@@ -279,7 +279,7 @@ class _HealthCollector(Collector):
     def describe(self) -> Sequence[Any]:
         return []
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         try:
             _, body = self._check()
         except Exception:  # a scrape must never fail; a check that cannot run did not see the store answer
@@ -290,6 +290,21 @@ class _HealthCollector(Collector):
                                 value=1.0 if self.store_answered else 0.0)  # fmt: skip
         yield GaugeMetricFamily("mini_ipam_twin_host", "1 while another live driver uses this host id on the store",
                                 value=1.0 if "twin" in body else 0.0)  # fmt: skip
+        shared = body.get("map")
+        if shared is None:
+            return  # a store only this host uses: there is no shared map to lose
+        for name, text, field in (
+            ("mini_ipam_map_lost", "Times this driver found the shared address map lost", "lost_total"),
+            ("mini_ipam_map_rebuilt", "Times this driver re-asserted its claims into a rebuilt map", "rebuilt_total"),
+            ("mini_ipam_map_conflicts", "Re-assertions of this driver's claims a rebuilt map refused",
+             "conflicts_total"),
+        ):  # fmt: skip
+            yield CounterMetricFamily(name, text, value=shared[field])
+        state = GaugeMetricFamily("mini_ipam_map_state", "1 for the shared map's state now (lost, recovering, ready)",
+                                  labels=("state",))  # fmt: skip
+        for name in ("lost", "recovering", "ready"):
+            state.add_metric([name], 1.0 if shared["state"] == name else 0.0)
+        yield state
 
 
 def _parent_of(subnet: str, parents: Sequence[str]) -> str | None:

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 from mini_ipam.allocator import Allocator
 from mini_ipam.errors import IpamError
 from mini_ipam.inventory import Inventory, take_inventory
-from stores import Network, StoreError
+from stores import MapHealth, Network, Rebuilding, StoreError
 
 
 class TwinWatch(Protocol):
@@ -23,25 +23,51 @@ class TwinWatch(Protocol):
 class Operations:
     """Health and inventory of one driver."""
 
-    def __init__(self, allocator: Allocator, presence: TwinWatch | None = None) -> None:
+    def __init__(
+        self, allocator: Allocator, presence: TwinWatch | None = None, shared: Rebuilding | None = None
+    ) -> None:
+        """``shared``: the store when it is a shared map, whose identity the health check then proves."""
         self.allocator = allocator
         self.presence = presence
+        self.shared = shared
 
     def health(self) -> tuple[int, dict[str, Any]]:
-        """200 with the store's round-trip time, or 503 when the store does not answer."""
+        """200 when a claim could be made now; 503 with the reason when it could not.
+
+        On a shared map it checks what a claim needs, not only that the server answers:
+        the map's identity and generation, that the server takes writes and runs the
+        script (a read-only replica, a Sentinel port, a user without script rights fail).
+        ``"status": "warning"`` while the map recovers, this driver settles after a
+        server change, a rebuild had conflicts, the server's settings could lose or evict
+        claims, or another live driver uses this host id.
+        """
         body: dict[str, Any] = {"host_id": self.allocator.settings.host_id}
         started = time.perf_counter()
         try:
-            self.allocator.store.ping()
+            if self.shared is not None:
+                self.shared.check()
+            else:
+                self.allocator.store.ping()
         except StoreError as exc:
             body.update(status="unavailable", store="unreachable", error=str(exc))
             return 503, body
         body.update(
             status="ok", store="reachable", store_round_trip_ms=round((time.perf_counter() - started) * 1000, 3)
         )
+        warnings: list[str] = []
+        if self.shared is not None:
+            view = self.shared.health
+            body["map"] = _map_body(view)
+            if view.lost is not None:
+                body.update(status="unavailable", error=f"{view.lost}; this driver is rebuilding it from its record")
+                return 503, body
+            warnings += _map_warnings(view)
         twin = getattr(self.presence, "twin", None)
         if twin is not None:
-            body.update(status="warning", twin=f"another live driver uses host id {body['host_id']!r}: {twin}")
+            body["twin"] = f"another live driver uses host id {body['host_id']!r}: {twin}"
+            warnings.append(body["twin"])
+        if warnings:
+            body.update(status="warning", warnings=warnings)
         return 200, body
 
     def parents(self) -> list[Network]:
@@ -56,3 +82,36 @@ class Operations:
     def inventory(self) -> Inventory:
         """The whole map, read now."""
         return take_inventory(self.allocator.store, self.parents())
+
+
+def _map_body(view: MapHealth) -> dict[str, Any]:
+    return {
+        "id": view.identity.id if view.identity else None,
+        "generation": view.identity.gen if view.identity else None,
+        "state": "lost" if view.lost else ("recovering" if view.recovering_until else "ready"),
+        "recovering_until": view.recovering_until,
+        "settling_until": view.settling_until,
+        "lost_total": view.lost_total,
+        "rebuilt_total": view.rebuilt_total,
+        "last_rebuild": view.last_rebuild or None,
+        "conflicts": list(view.conflicts),
+        "conflicts_total": view.conflicts_total,
+    }
+
+
+def _map_warnings(view: MapHealth) -> list[str]:
+    found: list[str] = []
+    now = time.time()
+    if view.recovering_until is not None:
+        left = max(0.0, view.recovering_until - now)
+        found.append(
+            f"the map is new or being rebuilt after a loss: no new subnet for up to {left:.0f}s, or until every "
+            "host has re-asserted its claims"
+        )
+    if view.settling_until is not None:
+        found.append(
+            f"the store's server changed: this driver claims no new subnet for {view.settling_until - now:.0f}s more"
+        )
+    found += [f"a re-assertion was refused: {conflict}" for conflict in view.conflicts]
+    found += [f"the store: {warning}" for warning in view.warnings]
+    return found

@@ -20,12 +20,16 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from stores import Lease, Store
 
 log = logging.getLogger("mini_ipam.presence")
+
+CHECK_EVERY = 2.0
+"""Seconds between two looks at the shared map by the heartbeat thread (a lease renews every ttl / 3)."""
 
 
 @dataclass(frozen=True)
@@ -48,8 +52,21 @@ class Twin:
 class HostPresence:
     """The heartbeat of one driver process; ``twin`` is set while a twin is alive."""
 
-    def __init__(self, lease_of: Store, host_id: str, ttl: float = 30.0) -> None:
-        """Keep ``host_id``'s lease on the shared store ``lease_of`` (ValueError for a store no other host shares)."""
+    def __init__(
+        self,
+        lease_of: Store,
+        host_id: str,
+        ttl: float = 30.0,
+        also: Sequence[Callable[[], object]] = (),
+        also_every: float = CHECK_EVERY,
+    ) -> None:
+        """Keep ``host_id``'s lease on the shared store ``lease_of`` (ValueError for a store no other host shares).
+
+        ``also``: what else to do, every ``also_every`` seconds or at every beat if that is sooner (the
+        driver looks at its map, so that an idle driver finds a lost map within seconds too).
+        """
+        self._also = tuple(also)
+        self._also_every = min(also_every, ttl / 3)
         self.host_id = host_id
         self.ttl = ttl
         self.instance = uuid.uuid4().hex
@@ -89,16 +106,23 @@ class HostPresence:
         return twin
 
     def start(self, interval: float | None = None) -> None:
-        """Beat every ``interval`` seconds (default ttl/3) in a daemon thread."""
+        """Beat every ``interval`` seconds (default ttl/3), and do the ``also`` steps, in a daemon thread."""
         period = self.ttl / 3 if interval is None else interval
+        tick = min(period, self._also_every) if self._also else period
 
         def run() -> None:
+            next_beat = 0.0
             while not self._stop.is_set():
-                try:
-                    self.beat()
-                except Exception as exc:  # the store is away: the next beat tries again, /healthz says why
-                    log.debug("heartbeat failed: %s", exc)
-                self._stop.wait(period)
+                steps = list(self._also)
+                if time.monotonic() >= next_beat:
+                    steps.insert(0, self.beat)
+                    next_beat = time.monotonic() + period
+                for step in steps:
+                    try:
+                        step()
+                    except Exception as exc:  # the store is away: the next beat tries again, /healthz says why
+                        log.debug("heartbeat failed: %s", exc)
+                self._stop.wait(tick)
 
         self._thread = threading.Thread(target=run, name="mini-ipam-presence", daemon=True)
         self._thread.start()

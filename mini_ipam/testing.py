@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from mini_ipam.unix_http import plugin_answers
+from mini_ipam.unix_http import UnixHTTPError, get_json, plugin_answers
 
 
 def wait_until(
@@ -35,8 +35,13 @@ def wait_until(
 
 
 def serve_command(socket: Path, *flags: str) -> list[str]:
-    """``mini-ipam serve`` on ``socket``, run by this interpreter (so the environment tested is this one)."""
-    return [sys.executable, "-m", "mini_ipam", "serve", "--socket", str(socket), *flags]
+    """``mini-ipam serve`` on ``socket``, run by this interpreter (so the environment tested is this one).
+
+    Unless ``flags`` name one, the driver's local record (kept on a shared store) is a file beside the
+    socket, never the machine's own ``/var/lib/mini-ipam``.
+    """
+    record = () if "--local-record" in flags else ("--local-record", f"{socket}.record.json")
+    return [sys.executable, "-m", "mini_ipam", "serve", "--socket", str(socket), *record, *flags]
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 15) -> int:
@@ -91,12 +96,27 @@ class DriverProcess:
                 cwd=self.cwd,
             )
 
-    def start(self, wait: bool = True, timeout: float = 15) -> DriverProcess:
-        """Start the driver; with ``wait``, poll until it answers (AssertionError, with its log, if it exits)."""
+    def start(self, wait: bool = True, timeout: float = 15, settled: bool = True) -> DriverProcess:
+        """Start the driver; with ``wait``, poll until it answers (AssertionError, with its log, if it exits).
+
+        With ``settled`` too, a driver on a shared map that has just made it (or found it lost) is also
+        waited for until the map hands out subnets: until its recovery window has passed.
+        """
         self.spawn()
         if wait:
             self.wait_ready(timeout)
+            if settled:
+                wait_until(self.settled, timeout=timeout, what=f"the map of mini-ipam on {self.socket_path}")
         return self
+
+    def settled(self) -> bool:
+        """False while the driver's health check says its shared map recovers (hands out no new subnet)."""
+        try:
+            status, body = get_json(str(self.socket_path), "/healthz", timeout=5)
+        except UnixHTTPError:
+            return True  # not this helper's question: whoever calls next will see it
+        shared = body.get("map") if isinstance(body, dict) else None
+        return not (status == 200 and isinstance(shared, dict) and shared.get("state") != "ready")
 
     def wait_ready(self, timeout: float = 15, interval: float = 0.01) -> None:
         """Poll the socket until the driver answers ``Plugin.Activate``."""

@@ -101,8 +101,11 @@ class TimedStore:
     def ping(self) -> None:
         self._timed(self._ping, self.store.ping)
 
-    def setting(self, name: str, default: str) -> str:
-        return self._timed(self._setting, self.store.setting, name, default)
+    def setting(self, name: str) -> str | None:
+        return self._timed(self._setting, self.store.setting, name)
+
+    def make_setting(self, name: str, value: str) -> str:
+        return self._timed(self._setting, self.store.make_setting, name, value)
 
     def close(self) -> None:
         self.store.close()

@@ -27,10 +27,16 @@ from stores.base import (
     Granted,
     Lease,
     LeaseState,
+    MapHealth,
+    MapIdentity,
+    MapLost,
+    MapRecovering,
+    MapStatus,
     Network,
     NoFreeSubnet,
     Overlap,
     PoolInfo,
+    Rebuilding,
     Store,
     StoreError,
     StoreTraits,
@@ -53,10 +59,16 @@ __all__ = [
     "Granted",
     "Lease",
     "LeaseState",
+    "MapHealth",
+    "MapIdentity",
+    "MapLost",
+    "MapRecovering",
+    "MapStatus",
     "Network",
     "NoFreeSubnet",
     "Overlap",
     "PoolInfo",
+    "Rebuilding",
     "Store",
     "StoreError",
     "StoreTraits",
@@ -70,19 +82,49 @@ __all__ = [
 Opener = Callable[..., Store]
 
 
-def _open_redis(url: str, **options: Any) -> Store:
+def _open_redis(
+    url: str,
+    *,
+    rebuild: bool = False,
+    record: str | None = None,
+    recovery_window: float = 0.0,
+    **options: Any,
+) -> Store:
     # Imported here, not above: redis-py takes 0.1-0.3 s to import, which a driver on a file store
     # would pay at every start for nothing.
+    from stores.record import Record
+    from stores.recovery import RecoveringStore
     from stores.redis import RedisStore
 
-    return RedisStore.from_url(url, **options)
+    shared = RedisStore.from_url(url, recovery_window=recovery_window, **options)
+    if not rebuild:
+        return shared
+    kept = Record(record) if record else None
+    try:
+        return RecoveringStore(shared, kept, window=recovery_window, map_name=f"{shared.where} prefix {shared.prefix}")
+    except BaseException:
+        if kept is not None:
+            kept.close()
+        raise
+
+
+def _open_local(opener: Callable[..., Store]) -> Opener:
+    """A single-host store's opener: the options about sharing a map do not apply to it."""
+
+    def open_local(
+        url: str, *, rebuild: bool = False, record: str | None = None, recovery_window: float = 0.0,
+        member: str = "", **options: Any,
+    ) -> Store:  # fmt: skip
+        return opener(url, **options)
+
+    return open_local
 
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 _BACKENDS: dict[str, tuple[Opener, StoreTraits]] = {
-    "memory": (MemoryStore.from_url, MemoryStore.TRAITS),
-    "file": (FileStore.from_url, FileStore.TRAITS),
+    "memory": (_open_local(MemoryStore.from_url), MemoryStore.TRAITS),
+    "file": (_open_local(FileStore.from_url), FileStore.TRAITS),
     **{scheme: (_open_redis, SHARED) for scheme in REDIS_SCHEMES},
 }
 """URL scheme -> how to open it, and what kind of store it is."""
@@ -114,7 +156,11 @@ def from_url(url: str, **options: Any) -> Store:
 
     Options every backend takes: ``timeout`` (seconds a round trip to a networked
     store may take; default 5) and ``read_only`` (open a single-writer store to read
-    it while its driver runs; changes then raise). Raises ConfigurationError for an
+    it while its driver runs; changes then raise). For a shared map: ``member`` (the
+    name this process goes by on it), and with ``rebuild`` a ``stores.recovery``
+    RecoveringStore that keeps this member's claims in the local ``record`` (a file
+    path) and rebuilds a lost map, waiting ``recovery_window`` seconds for the other
+    members; single-host stores ignore these. Raises ConfigurationError for an
     unknown scheme, a malformed URL or an option the backend cannot honour.
     """
     opener, _ = _backend(url)

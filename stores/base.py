@@ -25,6 +25,9 @@ Exception tree::
 
     StoreError                 the store failed; nothing was changed
     ├── StoreUnavailable       could not reach the store in time
+    │   ├── MapLost            a shared map is gone or went back: flushed, evicted, restored from an
+    │   │                      older copy, or replaced by another member's recovery
+    │   └── MapRecovering      a shared map is being rebuilt; new blocks wait until it is
     └── CorruptState           persisted state cannot be read; never reset silently
     UnknownPool (LookupError)  a pool that does not exist was named
     ConfigurationError (ValueError)   a store URL that cannot be used
@@ -52,6 +55,29 @@ class StoreUnavailable(StoreError):
     """The store could not be reached, or did not answer within the timeout."""
 
 
+class MapLost(StoreUnavailable):
+    """The shared map this store knew is gone, or went back in generation; the call changed nothing.
+
+    ``why`` is ``absent`` (no identity: flushed, evicted, or a server that came back
+    empty), ``replaced`` (another identity: a member rebuilt it after a loss) or
+    ``behind`` (the same identity at an older generation: restored from an older copy,
+    or a replica promoted before it had the latest writes).
+    """
+
+    def __init__(self, message: str, why: str, found: MapIdentity | None) -> None:
+        super().__init__(message)
+        self.why = why
+        self.found = found
+
+
+class MapRecovering(StoreUnavailable):
+    """The shared map is being rebuilt after a loss: no new block until ``until`` (a Unix time) at the latest."""
+
+    def __init__(self, message: str, until: float) -> None:
+        super().__init__(message)
+        self.until = until
+
+
 class CorruptState(StoreError):
     """Persisted state cannot be read. Raised at start-up; state is never reset silently."""
 
@@ -62,6 +88,32 @@ class UnknownPool(LookupError):
 
 class ConfigurationError(ValueError):
     """A store URL names an unknown scheme or carries an unusable option."""
+
+
+@dataclass(frozen=True)
+class MapIdentity:
+    """Which shared map this is (``id``, made once with it) and how far it has got (``gen``, counted
+    up by every change)."""
+
+    id: str
+    gen: int
+
+
+@dataclass(frozen=True)
+class MapStatus:
+    """A shared map as one look found it.
+
+    ``identity`` is None when there is no map (none was made, or it was lost);
+    ``recovering_until`` the Unix time until which it is being rebuilt, or None;
+    ``replaced`` the id of the map it was made to replace after a loss ("" for none);
+    ``alive`` the members whose leases were renewed lately.
+    """
+
+    identity: MapIdentity | None
+    made: float = 0.0
+    recovering_until: float | None = None
+    replaced: str = ""
+    alive: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -277,8 +329,12 @@ class Store(Protocol):
         """Return when the store answers; raise StoreError when it does not."""
         ...
 
-    def setting(self, name: str, default: str) -> str:
-        """The stored value of ``name``; stores ``default`` first if there is none."""
+    def setting(self, name: str) -> str | None:
+        """The stored value of the setting ``name``, or None. Never writes."""
+        ...
+
+    def make_setting(self, name: str, value: str) -> str:
+        """Store ``value`` as the setting ``name`` unless one is stored already; the stored value."""
         ...
 
     def close(self) -> None:
@@ -306,3 +362,48 @@ def redact_url(url: str) -> str:
         host = f"{host}:{parts.port}"
     netloc = f"{user}:***@{host}"
     return parts._replace(netloc=netloc).geturl()
+
+
+@runtime_checkable
+class Rebuilding(Protocol):
+    """A store on a shared map that finds out when the map was lost, and rebuilds it (``stores.recovery``)."""
+
+    def start(self) -> None:
+        """Attach to the map (adopt, make or rebuild it); raises StoreError when the store does not answer."""
+        ...
+
+    def check(self) -> MapStatus:
+        """Look at the map now, writing a probe; start a rebuild if it was lost."""
+        ...
+
+    def check_if_idle(self, idle: float) -> MapStatus | None:
+        """``check``, unless a call of the last ``idle`` seconds proved the map intact already."""
+        ...
+
+    @property
+    def health(self) -> MapHealth:
+        """What a health check reports of the map, as of the last look."""
+        ...
+
+
+@dataclass(frozen=True)
+class MapHealth:
+    """A member's view of its shared map, for health checks and metrics.
+
+    ``lost``: why the map is lost, while the member rebuilds it (None when it is not);
+    ``recovering_until`` / ``settling_until``: Unix times until which no new block is
+    handed out (the map recovers) or claimed by this member (its server just changed);
+    ``conflicts``: re-assertions the last rebuild had refused; ``warnings``: why
+    acknowledged claims might not survive the server (its persistence and eviction).
+    """
+
+    identity: MapIdentity | None
+    lost: str | None
+    lost_total: int
+    rebuilt_total: int
+    conflicts: tuple[str, ...]
+    conflicts_total: int
+    recovering_until: float | None
+    settling_until: float | None
+    warnings: tuple[str, ...]
+    last_rebuild: str

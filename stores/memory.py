@@ -242,10 +242,14 @@ class MemoryStore:
     def ping(self) -> None:
         """Memory always answers."""
 
-    def setting(self, name: str, default: str) -> str:
+    def setting(self, name: str) -> str | None:
+        with self._lock:
+            return self._settings.get(name)
+
+    def make_setting(self, name: str, value: str) -> str:
         with self._lock:
             if name not in self._settings:
-                self._commit({"op": "set", "name": name, "value": default})
+                self._commit({"op": "set", "name": name, "value": value})
             return self._settings[name]
 
     def close(self) -> None:

@@ -158,7 +158,7 @@ def test_a_state_written_by_earlier_versions_loads(tmp_path: Path) -> None:
     (tmp_path / "state.json").write_text(OLD_SNAPSHOT)
     (tmp_path / "state.json.1.log").write_text(OLD_JOURNAL)
     store = FileStore(tmp_path / "state.json")
-    assert store.setting("pool6", "unused") == "fd12:3456:789a::/48"
+    assert store.make_setting("pool6", "unused") == "fd12:3456:789a::/48"
     blocks = {b.subnet: (b.label, b.owner, b.since) for b in store.blocks()}
     assert blocks == {
         net("10.0.0.0/24"): ("global", "a", 1795861400.883884),

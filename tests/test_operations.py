@@ -159,8 +159,11 @@ def metrics_text(sock: str) -> str:
 
 @pytest.mark.redis
 def test_healthz_is_503_while_the_store_is_away(tmp_path: Path) -> None:
-    server = RedisServer(tmp_path)
-    driver = DriverProcess(tmp_path / "mini.sock", "--store", server.url, "--store-timeout", "1").start()
+    # A server that keeps every acknowledged write (else /healthz warns), and no recovery window to wait out.
+    server = RedisServer(tmp_path, "--appendonly", "yes", "--appendfsync", "always")
+    driver = DriverProcess(
+        tmp_path / "mini.sock", "--store", server.url, "--store-timeout", "1", "--recovery-window", "0"
+    ).start()
     try:
         status, health = get_json(str(driver.socket_path), "/healthz")
         assert status == 503 and health["store"] == "unreachable" and "redis" in health["error"]

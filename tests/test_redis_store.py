@@ -35,6 +35,7 @@ from stores import (
     CorruptState,
     ExactSubnet,
     Granted,
+    MapLost,
     NoFreeSubnet,
     Overlap,
     StoreUnavailable,
@@ -190,7 +191,7 @@ def test_constructor_does_no_io() -> None:
     RedisStore(redis.Redis(host="192.0.2.1", socket_connect_timeout=30))  # TEST-NET-1: never answers
     assert time.monotonic() - started < 0.5
     with pytest.raises(StoreUnavailable, match=r"could not reach redis at unix:///nonexistent/redis.sock"):
-        store.setting("a", "b")
+        store.make_setting("a", "b")
 
 
 def test_password_never_appears_in_errors_reprs_or_logs(caplog: pytest.LogCaptureFixture) -> None:
@@ -243,6 +244,7 @@ def test_claims_are_readable_with_redis_cli(store_factory: Callable[[], stores.S
     assert names == sorted(
         f"{keys}{name}"
         for name in [
+            "map",
             "tree:4",
             "tree:6",
             "slot:10.1.2.0/28",
@@ -253,15 +255,17 @@ def test_claims_are_readable_with_redis_cli(store_factory: Callable[[], stores.S
             "atree:10.1.2.0/28:s",
         ]
     )
-    # Each of the four claims left how to undo it, for an hour, in case its reply had been lost.
+    # Each claim left how to undo it in case its reply had been lost; the next call said that reply
+    # arrived, so only the last claim's record (the serial address) is left, expiring within the hour.
     requests = [key for key in client.scan_iter(match=f"{keys}req:*")]
     undo = sorted((record["undo"], record["scope"]) for record in (loads(client.get(key)) for key in requests))
-    assert undo == [("close", "g"), ("close", "s"), ("release", "s"), ("release", "s")]
+    assert undo == [("release", "s")]
     assert all(0 < client.ttl(key) <= 3600 for key in requests)
-    # Closing the last pools leaves nothing behind but those expiring records.
+    # Closing the last pools leaves nothing behind but the map's identity (releases record no undo,
+    # and the first of them confirmed the last claim).
     store.close_pool(pool.subnet, "s")
     store.close_pool(v6.pool.subnet, "g")
-    assert sorted(client.scan_iter(match=f"{keys}*")) == sorted(requests)
+    assert sorted(text(key) for key in client.scan_iter(match=f"{keys}*")) == [f"{keys}map"]
 
 
 @pytest.mark.redis
@@ -271,8 +275,8 @@ def test_two_prefixes_on_one_redis_are_independent(redis_server: RedisServer) ->
     try:
         assert granted(open_exact(blue, "10.0.0.0/24")).created
         assert granted(open_exact(green, "10.0.0.0/24")).created
-        assert blue.setting("pool6", "fd01::/48") == "fd01::/48"
-        assert green.setting("pool6", "fd02::/48") == "fd02::/48"
+        assert blue.make_setting("pool6", "fd01::/48") == "fd01::/48"
+        assert green.make_setting("pool6", "fd02::/48") == "fd02::/48"
         assert blue.claim_address(net("10.0.0.0/24"), "s", ip("10.0.0.9"))
         assert addresses_of(green, net("10.0.0.0/24"), "s") == []
         closed = blue.close_pool(net("10.0.0.0/24"), "s")
@@ -290,7 +294,7 @@ def test_clients_that_decode_responses_work_too() -> None:
     subnet = granted(open_any(store, "fd00::/48", 64)).pool.subnet
     assert store.claim_next_address(subnet, "s", ip("fd00::1"), ip("fd00::ff"), True) == ip("fd00::1")
     assert [p.subnet for p in store.pools()] == [subnet] and [b.subnet for b in store.blocks()] == [subnet]
-    assert store.setting("a", "b") == "b"
+    assert store.make_setting("a", "b") == "b"
     assert addresses_of(store, subnet, "s") == [ip("fd00::1")]
 
 
@@ -364,7 +368,7 @@ def test_single_address_pools_work() -> None:
 
 def test_a_call_reaching_the_server_after_its_deadline_changes_nothing() -> None:
     store = RedisStore(fakeredis.FakeRedis(), prefix="late", timeout=1.0)
-    assert store.setting("a", "b") == "b"  # the reply tells the store the server's clock
+    assert store.make_setting("a", "b") == "b"  # the reply tells the store the server's clock
     clock = store._clock
     assert clock is not None
     # Pretend the server's clock runs a minute ahead: every deadline has passed.
@@ -378,7 +382,7 @@ def test_a_call_reaching_the_server_after_its_deadline_changes_nothing() -> None
 
 def test_calls_carry_no_deadline_without_a_timeout() -> None:
     store = RedisStore(fakeredis.FakeRedis(socket_timeout=None))
-    store.setting("a", "b")
+    store.make_setting("a", "b")
     assert store._deadline(time.monotonic()) == 0
 
 
@@ -441,7 +445,7 @@ def test_every_operation_is_one_round_trip_at_any_fill(redis_server: RedisServer
     server = redis_server.client()
     store = RedisStore.from_url(f"{redis_server.url}?prefix=trips-{os.getpid()}")
     try:
-        store.setting("warm", "up")  # connect and load the script first
+        store.make_setting("warm", "up")  # connect and load the script first
         empty = round_trips(store, server, "10.0.0.0/16")
         for _ in range(2000):  # fill 2,000 of the 4,096 /28s of a /16
             granted(store.open_pool(AnySubnet((net("10.1.0.0/16"),), 28), scope="s", label="l", owner="h"))
@@ -466,13 +470,13 @@ def test_a_flushed_script_costs_three_commands_once(redis_server: RedisServer) -
     server = redis_server.client()
     store = RedisStore.from_url(f"{redis_server.url}?prefix=flush-{os.getpid()}")
     try:
-        store.setting("warm", "up")
+        store.make_setting("warm", "up")
         server.script_flush()
         with sent_commands() as sent:
-            store.setting("a", "b")
+            store.make_setting("a", "b")
         assert sent == ["EVALSHA", "SCRIPT LOAD", "EVALSHA"]
         with sent_commands() as sent:
-            store.setting("a", "c")
+            store.make_setting("a", "c")
         assert sent == ["EVALSHA"]
     finally:
         store.close()
@@ -482,7 +486,7 @@ def test_a_flushed_script_costs_three_commands_once(redis_server: RedisServer) -
 def test_close_releases_the_connections(redis_server: RedisServer) -> None:
     server = redis_server.client()
     store = RedisStore.from_url(f"{redis_server.url}?prefix=close-{os.getpid()}")
-    store.setting("a", "b")
+    store.make_setting("a", "b")
     server.ping()
     before = len(server.client_list())
     store.close()
@@ -518,18 +522,26 @@ def test_a_paused_server_times_out_and_the_same_store_recovers(own_server: Redis
 
 
 @pytest.mark.redis
-def test_a_killed_server_fails_fast_and_a_restarted_one_serves_again(own_server: RedisServer) -> None:
+def test_a_killed_server_fails_fast_and_a_restarted_empty_one_is_a_lost_map(own_server: RedisServer) -> None:
     assert own_server.process is not None
     store = RedisStore.from_url(own_server.url, timeout=1.0)
-    assert store.setting("a", "b") == "b"
+    assert store.make_setting("a", "b") == "b"
+    assert granted(open_exact(store, "10.0.0.0/24")).created
     own_server.process.kill()
     own_server.process.wait()
     started = time.monotonic()
     with pytest.raises(StoreUnavailable, match="could not reach redis"):
-        store.setting("a", "b")
+        store.make_setting("a", "b")
     assert time.monotonic() - started < 0.5
     own_server.start()  # same socket; it keeps no data, so the script is loaded afresh
-    assert store.setting("a", "c") == "c"
+    with pytest.raises(MapLost, match="no identity any more") as lost:
+        open_exact(store, "10.0.0.0/24")  # it would have been handed out again
+    assert lost.value.why == "absent"
+    # The refusal wrote nothing (the failed call's "abandoned" marker is all there is).
+    assert [key for key in store.client.keys("*") if b":req:" not in key] == []
+    status, made = store.recover(store.identity)  # a member rebuilding it: a new map, another id
+    assert made and status.identity is not None and status.identity.id != store.identity.id
+    store.adopt(status.identity)
     assert granted(open_exact(store, "10.0.0.0/24")).created
     store.close()
 
@@ -577,7 +589,7 @@ def test_a_pool_opened_in_time_whose_reply_stalled_is_undone_before_the_next_cal
     store = RedisStore.from_url(own_server.url, timeout=1.0)
     raw = own_server.client()
     try:
-        store.setting("warm", "up")  # connected, and the server's clock is known: the call has a deadline
+        store.make_setting("warm", "up")  # connected, and the server's clock is known: the call has a deadline
         raised = stalled_right_after(own_server, lambda: open_exact(store, "10.0.7.0/24"))
         assert isinstance(raised, StoreUnavailable), raised
         assert raw.exists("{mini-ipam}:slot:10.0.7.0/24") == 1  # it did land: the case this is about
@@ -690,7 +702,7 @@ def test_calls_waiting_for_a_failing_abandon_fail_at_once_without_trying_again()
     def call() -> None:
         started = time.monotonic()
         with pytest.raises(StoreUnavailable):
-            store.setting("a", "b")
+            store.make_setting("a", "b")
         took.append(time.monotonic() - started)
 
     threads = [threading.Thread(target=call) for _ in range(4)]

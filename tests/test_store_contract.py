@@ -220,8 +220,8 @@ def test_closing_a_pool_drops_its_addresses(store: Store) -> None:
 
 
 def test_setting_is_stored_once(store: Store) -> None:
-    assert store.setting("pool6", "fd01::/48") == "fd01::/48"
-    assert store.setting("pool6", "fd02::/48") == "fd01::/48"
+    assert store.make_setting("pool6", "fd01::/48") == "fd01::/48"
+    assert store.make_setting("pool6", "fd02::/48") == "fd01::/48"
 
 
 @pytest.mark.store_kinds("file", "fakeredis", "redis")
@@ -230,13 +230,13 @@ def test_state_survives_reopening(store_factory: Callable[[], Store]) -> None:
     subnet = granted_subnet(open_any(first, ["10.0.0.0/24"], 28))
     first.claim_address(subnet, "s", ip("10.0.0.1"))
     first.claim_next_address(subnet, "s", ip("10.0.0.1"), ip("10.0.0.14"), True)
-    first.setting("pool6", "fd01::/48")
+    first.make_setting("pool6", "fd01::/48")
     first.close()
     second = store_factory()
     assert [b.subnet for b in second.blocks()] == [subnet]
     assert addresses_of(second, subnet, "s") == [ip("10.0.0.1"), ip("10.0.0.2")]
     assert second.claim_next_address(subnet, "s", ip("10.0.0.1"), ip("10.0.0.14"), True) == ip("10.0.0.3")
-    assert second.setting("pool6", "other") == "fd01::/48"
+    assert second.make_setting("pool6", "other") == "fd01::/48"
     assert granted_subnet(open_any(second, ["10.0.0.0/24"], 28)) == net("10.0.0.16/28")
 
 

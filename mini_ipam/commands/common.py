@@ -8,6 +8,7 @@ from typing import Any
 
 import stores
 from mini_ipam.allocator import DEFAULT_PARENT4, DEFAULT_SIZE4, DEFAULT_SIZE6, Settings
+from mini_ipam.presence import CHECK_EVERY
 
 
 class CommandError(Exception):
@@ -36,11 +37,21 @@ def settings_from(args: argparse.Namespace) -> Settings:
     )
 
 
-def open_store(args: argparse.Namespace, *, read_only: bool = False) -> stores.Store:
+def open_store(args: argparse.Namespace, *, read_only: bool = False, rebuild: bool = False) -> stores.Store:
     """The store ``--store`` names; ``read_only`` for commands that only look (a file store can then be
-    read while its driver runs)."""
+    read while its driver runs); ``rebuild`` for the driver, which keeps a record of its claims on a
+    shared map and rebuilds the map if it is lost."""
     try:
-        return stores.from_url(args.store, timeout=args.store_timeout, read_only=read_only)
+        if rebuild:
+            return stores.from_url(
+                args.store,
+                timeout=args.store_timeout,
+                member=args.host_id,
+                rebuild=True,
+                record=args.local_record or None,
+                recovery_window=recovery_window(args),
+            )
+        return stores.from_url(args.store, timeout=args.store_timeout, read_only=read_only, member=args.host_id)
     except (stores.StoreError, stores.ConfigurationError, OSError) as exc:
         raise CommandError(f"cannot open the store {stores.redact_url(args.store)}: {exc}") from None
 
@@ -58,3 +69,9 @@ def age(seconds: float) -> str:
         if seconds >= size:
             return f"{int(seconds // size)}{unit}"
     return f"{int(seconds)}s"
+
+
+def recovery_window(args: argparse.Namespace) -> float:
+    """``--recovery-window``, by default a little over one look at the map by every driver's heartbeat."""
+    window: float | None = args.recovery_window
+    return min(CHECK_EVERY, args.host_ttl / 3) + 2.0 if window is None else window

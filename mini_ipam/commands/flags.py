@@ -19,6 +19,7 @@ from mini_ipam.pool_id import SMALLEST
 
 DEFAULT_SOCKET = "/run/docker/plugins/mini.sock"
 DEFAULT_STORE = "file:///var/lib/mini-ipam/state.json"
+DEFAULT_RECORD = "/var/lib/mini-ipam/record.json"
 
 ENV_NOTE = """\
 Every flag can also be set in the environment: --default-size is
@@ -220,6 +221,22 @@ def build_parser() -> argparse.ArgumentParser:
         "host id are reported within about this time (default: %(default)s)",
         float,
         metavar="SECONDS",
+    )
+    serve.add(
+        "local-record",
+        DEFAULT_RECORD,
+        "on a shared store, the file where this driver keeps its own claims, to re-assert them into the map "
+        "if the map is ever lost; empty for none (default: %(default)s)",
+        metavar="FILE",
+    )
+    serve.add(
+        "recovery-window",
+        None,
+        "on a shared store, how long a rebuilt (or new) map hands out no new subnet unless every host has "
+        "re-asserted its claims first, and how long after a server change this driver claims none "
+        "(default: a little over one look at the map by every driver's heartbeat: 4s)",
+        duration,
+        metavar="DURATION",
     )
     serve.add("threads", 8, "request threads (default: %(default)s)", int, metavar="N")
     serve.add("metrics-address", None, "also serve GET /metrics, /healthz and /inventory (never the plugin protocol) "

@@ -26,7 +26,7 @@ def _inventory(args: argparse.Namespace) -> dict[str, Any]:
         return _ask_driver(args.socket)
     store = open_store(args, read_only=True)
     try:
-        return Operations(Allocator(store, settings_from(args))).inventory().to_json()
+        return Operations(Allocator(store, settings_from(args), reader=True)).inventory().to_json()
     except Exception as exc:  # the store's own errors, told in one sentence
         raise CommandError(f"cannot read the store: {exc}") from None
     finally:

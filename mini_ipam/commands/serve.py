@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from mini_ipam.metrics import Metrics
 from mini_ipam.operations import Operations
 from mini_ipam.operator_app import create_operator_app
 from mini_ipam.operator_listener import ListenerError, OperatorListener
-from mini_ipam.presence import HostPresence
+from mini_ipam.presence import CHECK_EVERY, HostPresence
 from mini_ipam.server import SocketInUse
 from mini_ipam.server import serve as run_server
 from mini_ipam.timed_store import TimedStore
@@ -28,7 +29,8 @@ log = logging.getLogger("mini_ipam")
 def serve(args: argparse.Namespace) -> int:
     """Serve until SIGTERM or SIGINT; exit 0 then."""
     settings = settings_from(args)
-    store = open_store(args)
+    store = open_store(args, rebuild=True)
+    _attach(store)
     presence = _watch_for_twins(store, args.host_id, args.host_ttl)
     metrics = Metrics()
     allocator = Allocator(TimedStore(store, metrics), settings)
@@ -37,7 +39,7 @@ def serve(args: argparse.Namespace) -> int:
     except IpamError as exc:
         # An unreachable store must not keep the socket from opening: the engine may be booting.
         log.warning("IPv6 parents not known yet: %s", exc)
-    operations = Operations(allocator, presence)
+    operations = Operations(allocator, presence, store if isinstance(store, stores.Rebuilding) else None)
     metrics.watch_health(operations.health)  # before create_app's watch_map: see watch_health
     app = create_app(Driver(allocator), operations=operations, metrics=metrics)
     log.info(
@@ -76,10 +78,27 @@ def _operator_listener(args: argparse.Namespace, operations: Operations, metrics
         raise CommandError(str(exc)) from None
 
 
+def _attach(store: stores.Store) -> None:
+    """On a shared map: adopt it, make it, or rebuild it from this driver's record, before serving."""
+    if not isinstance(store, stores.Rebuilding):
+        return
+    try:
+        store.start()
+    except stores.StoreError as exc:
+        # An unreachable store must not keep the socket from opening: the engine may be booting. Every
+        # request attaches first, so nothing is claimed before the map was checked.
+        log.warning("the shared map could not be checked yet: %s", exc)
+        return
+    for warning in store.health.warnings:
+        log.warning("the store: %s", warning)
+
+
 def _watch_for_twins(store: stores.Store, host_id: str, ttl: float) -> HostPresence | None:
-    """On a shared store, keep a heartbeat so two live drivers with one host id are noticed."""
+    """On a shared store, keep a heartbeat: two live drivers with one host id are noticed, and each beat
+    looks at the map, so an idle driver finds a lost map too."""
     if not store.traits.shared:
         return None
-    presence = HostPresence(store, host_id, ttl=ttl)
+    checks = [functools.partial(store.check_if_idle, CHECK_EVERY)] if isinstance(store, stores.Rebuilding) else []
+    presence = HostPresence(store, host_id, ttl=ttl, also=checks)
     presence.start()
     return presence

@@ -5,6 +5,8 @@ Keys (``{P}`` is the map's hash tag, so a cluster keeps them in the map's slot):
     {P}:host:<name>    string, expires after the ttl: the holder's JSON record, with
                        "instance" (who holds it) and "beat" (renewals so far)
     {P}:twins:<name>   string, expires after the ttl: a note another instance left for the holder
+    {P}:alive          sorted set: name -> server time (s) of its holder's last renewal, so that
+                       the hosts alive lately can be listed without scanning the keyspace
 
 Renewing and giving up are one script each, so a renewal never overwrites another
 instance's record and a release never deletes one (compare-and-delete, as
@@ -21,9 +23,13 @@ import redis
 from stores.base import LeaseState
 
 RENEW = """
--- KEYS[1] the lease, KEYS[2] its notes
--- ARGV[1] this instance's record (JSON, without "beat"), ARGV[2] ttl in milliseconds, ARGV[3] instance id
+-- KEYS[1] the lease, KEYS[2] its notes, KEYS[3] the names alive lately
+-- ARGV[1] this instance's record (JSON, without "beat"), ARGV[2] ttl in milliseconds, ARGV[3] instance id,
+-- ARGV[4] the lease's name
 -- Returns {"mine" or "other", the other holder's record or "", the note or ""}.
+local now = redis.call('TIME')[1]
+redis.call('ZADD', KEYS[3], now, ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - 86400)
 local held = redis.call('GET', KEYS[1])
 local note = redis.call('GET', KEYS[2]) or ''
 local beat = 0
@@ -56,7 +62,8 @@ class RedisLease:
     def __init__(self, client: redis.Redis, keys: str, name: str, record: dict[str, Any], ttl: float) -> None:
         """``keys`` is the map's key head ``{P}:``; ``record`` must carry this instance's ``instance`` id."""
         self._client = client
-        self._keys = [f"{keys}host:{name}", f"{keys}twins:{name}"]
+        self._keys = [f"{keys}host:{name}", f"{keys}twins:{name}", f"{keys}alive"]
+        self._name = name
         self._instance = str(record["instance"])
         self._record = json.dumps(record)
         self._ttl_ms = int(ttl * 1000)
@@ -65,7 +72,8 @@ class RedisLease:
 
     def renew(self) -> LeaseState:
         state, other, note = (
-            _text(value) for value in self._renew(keys=self._keys, args=[self._record, self._ttl_ms, self._instance])
+            _text(value)
+            for value in self._renew(keys=self._keys, args=[self._record, self._ttl_ms, self._instance, self._name])
         )
         return LeaseState(
             held=state == "mine",

@@ -27,11 +27,36 @@ Calling convention (EVALSHA sha 1 KEYS[1] ARGV...)
   ARGV[4]  request id: a random name the caller gives every call that changes the
            map (open_exact, open_any, close, claim, claim_next, release), or "" for
            none. See "Abandoned requests" below.
-  ARGV[5…] the operation's arguments, listed above each operation
+  ARGV[5]  the map's id as the caller knows it, or "*" for a reader that knows none
+           (allowed for the operations that change nothing). See "The map's identity".
+  ARGV[6]  the highest generation of the map the caller has seen ("0" if none)
+  ARGV[7]  the calling host (an owner string)
+  ARGV[8]  request ids, separated by spaces, whose replies the caller has received:
+           their undo records are no longer needed and are deleted
+  ARGV[9…] the operation's arguments, listed above each operation
 
-Every reply is an array: the server time (Unix microseconds, as a string), then
-a status word, then the operation's values. The time lets the caller track the
-offset between its clock and the server's, from which it computes deadlines.
+Every reply is an array: the server time (Unix microseconds, as a string), the
+map's generation, then a status word, then the operation's values. The time lets
+the caller track the offset between its clock and the server's, from which it
+computes deadlines.
+
+The map's identity
+  P.."map" holds the map's "id" (random, made once with the map), its "gen"
+  (counted up by every call that changes the map), "made" (when, server time µs),
+  "from" (the id of the map this one replaced, if any) and, while the map is
+  being rebuilt after a loss, "until" (server time µs). A call (other than the
+  identity operations below and "abandon") whose map id is not the map's, or
+  whose generation seen is above the map's, or that finds no P.."map" at all,
+  changes nothing and replies {now, gen, "lost", why, map id or "", gen}: the
+  map was flushed, evicted, restored from an older copy, or replaced by another
+  host's recovery. Such a caller re-asserts what it holds ("restore") before it
+  claims anything again.
+
+  While "until" is set the map is *recovering*: new blocks (open_exact,
+  open_any) and next addresses in pools the caller does not own (claim_next)
+  are refused with {now, gen, "recovering", until}, until the server time passes
+  "until" or every host in P.."expect" is in P.."restored"; the first call after
+  that clears the recovery. Explicit addresses, releases and restores go on.
 
 Common arguments
   family   "4" or "6"
@@ -49,7 +74,13 @@ ipaddress writes it)
   P.."atree:"..<cidr>..":"..scope   hash   the pool's address tree (rel bit strings),
                                            plus "cursor" = rel bits of the last serial claim
   P.."req:"..id                string "abandoned", or JSON: how to undo the request's change;
-                                      EX 3600 (see "Abandoned requests")
+                                      EX 3600 (see "Abandoned requests"); deleted as soon
+                                      as the caller says it received the reply (ARGV[8])
+  P.."map"                     hash   the map's identity (see above)
+  P.."expect", P.."restored"   set    while recovering: hosts expected to re-assert, and
+                                      those that have
+  P.."alive"                   zset   host -> server time (s) of its last heartbeat
+  P.."probe"                   string written by "status" to prove the server takes writes
 
 State that breaks the invariants is reported as an error reply starting with
 "CORRUPT", always before anything was written.
@@ -72,6 +103,26 @@ Abandoned requests
 
 local CLAIMED = 'c'
 local WIDTH = { ['4'] = 32, ['6'] = 128 }
+
+-- A whole number as text: Lua's own tostring (and redis.call) write large ones as 1.7e+15.
+local function int_text(number)
+  return string.format('%.0f', number)
+end
+
+-- Set by the dispatch at the bottom, for the operations that depend on them.
+local RECOVERING = nil -- the server time (µs, as text) until which the map recovers, or nil
+local CALLER = '' -- the calling host (ARGV[7])
+
+-- Whether a recovering map is done: its time is up, or every expected host has re-asserted.
+local function recovered(P, till, now)
+  if now >= tonumber(till) then
+    return true
+  end
+  if redis.call('SCARD', P .. 'expect') == 0 then
+    return false
+  end
+  return #redis.call('SDIFF', P .. 'expect', P .. 'restored') == 0
+end
 
 -- Error reply for broken invariants. Only ever returned before the first write.
 local function corrupt(message)
@@ -294,7 +345,7 @@ end
 local ops = {}
 
 -- Arguments: family, bits, scope, block_json, pool_json, share ("1"|"0"), share_label
--- Reply after the time: {"granted", family, bits, block_json, pool_json, created (1|0)}
+-- Reply after the time and generation: {"granted", family, bits, block_json, pool_json, created (1|0)}
 --      | {"overlap", family, holder_bits, holder_block_json}
 function ops.open_exact(P, a)
   local family, bits, scope, block_json, pool_json, share, share_label =
@@ -321,7 +372,7 @@ function ops.open_exact(P, a)
 end
 
 -- Arguments: scope, block_json, pool_json, want, then (family, parent bits) pairs
--- Reply after the time: as open_exact's "granted" | {"exhausted"}
+-- Reply after the time and generation: as open_exact's "granted" | {"exhausted"}
 function ops.open_any(P, a)
   local scope, block_json, pool_json, want = a[1], a[2], a[3], tonumber(a[4])
   for i = 5, #a - 1, 2 do
@@ -335,7 +386,7 @@ function ops.open_any(P, a)
 end
 
 -- Arguments: family, bits, scope
--- Reply after the time: {"closed", pool_json, block_json, freed (1|0)} | {"absent"}
+-- Reply after the time and generation: {"closed", pool_json, block_json, freed (1|0)} | {"absent"}
 function ops.close(P, a)
   local family, bits, scope = a[1], a[2], a[3]
   local pools, addrs, atree, cidr = pool_keys(P, family, bits, scope)
@@ -363,7 +414,7 @@ function ops.close(P, a)
 end
 
 -- Arguments: family, bits, scope
--- Reply after the time: {"found", pool_json, block_json} | {"absent"}
+-- Reply after the time and generation: {"found", pool_json, block_json} | {"absent"}
 function ops.pool(P, a)
   local family, bits, scope = a[1], a[2], a[3]
   local pools, _, _, cidr = pool_keys(P, family, bits, scope)
@@ -379,7 +430,7 @@ function ops.pool(P, a)
 end
 
 -- Arguments: family, bits, scope, rel, address_json
--- Reply after the time: {"claimed", rel} | {"taken"} | {"unknown"}
+-- Reply after the time and generation: {"claimed", rel} | {"taken"} | {"unknown"}
 function ops.claim(P, a)
   local family, bits, scope, rel, address_json = a[1], a[2], a[3], a[4], a[5]
   local pools, addrs, atree = pool_keys(P, family, bits, scope)
@@ -405,7 +456,7 @@ end
 
 -- Arguments: family, bits, scope, first, last, serial ("1"|"0"), address_json
 --       first and last are rel bit strings inside the block; first "-" is an empty range.
--- Reply after the time: {"claimed", rel} | {"none"} | {"unknown"}
+-- Reply after the time and generation: {"claimed", rel} | {"none"} | {"unknown"}
 function ops.claim_next(P, a)
   local family, bits, scope, first, last, serial, address_json =
     a[1], a[2], a[3], a[4], a[5], a[6] == '1', a[7]
@@ -413,6 +464,10 @@ function ops.claim_next(P, a)
   local pool = redis.call('HGET', pools, scope)
   if not pool then
     return { 'unknown' }
+  end
+  if RECOVERING and cjson.decode(pool).owner ~= CALLER then
+    -- Its owner may not have re-asserted the addresses it handed out yet.
+    return { 'recovering', RECOVERING }
   end
   if first == '-' then
     return { 'none' }
@@ -451,7 +506,7 @@ function ops.claim_next(P, a)
 end
 
 -- Arguments: family, bits, scope, rel
--- Reply after the time: {"released"} | {"absent"} | {"unknown"}
+-- Reply after the time and generation: {"released"} | {"absent"} | {"unknown"}
 function ops.release(P, a)
   local family, bits, scope, rel = a[1], a[2], a[3], a[4]
   local pools, addrs, atree = pool_keys(P, family, bits, scope)
@@ -467,7 +522,7 @@ function ops.release(P, a)
 end
 
 -- Arguments: family, bits, scope
--- Reply after the time: {"found", address text, JSON record, ...} | {"unknown"}
+-- Reply after the time and generation: {"found", address text, JSON record, ...} | {"unknown"}
 function ops.addresses(P, a)
   local family, bits, scope = a[1], a[2], a[3]
   local pools, addrs = pool_keys(P, family, bits, scope)
@@ -479,12 +534,137 @@ function ops.addresses(P, a)
   return reply
 end
 
--- Arguments: name, default
--- Reply after the time: {"found", value}
+-- Arguments: name
+-- Reply after the time and generation: {"found", value} | {"absent"}
 function ops.setting(P, a)
+  local value = redis.call('HGET', P .. 'settings', a[1])
+  if not value then
+    return { 'absent' }
+  end
+  return { 'found', value }
+end
+
+-- Arguments: name, value
+-- Reply after the time and generation: {"found", the stored value}: ``value`` unless one was stored before
+function ops.make_setting(P, a)
   local settings = P .. 'settings'
   redis.call('HSETNX', settings, a[1], a[2])
   return { 'found', redis.call('HGET', settings, a[1]) }
+end
+
+-- ---------------------------------------------------------------------------
+-- The map's identity, and rebuilding a lost map
+-- ---------------------------------------------------------------------------
+
+-- Arguments: probe ("1": write P.."probe", to prove the server takes writes), alive since (s)
+-- Reply after the time and generation: {"map", id or "", gen, made, till or "0", from, live hosts (space-separated)}
+function ops.status(P, a, _, now)
+  if a[1] == '1' then
+    redis.call('SET', P .. 'probe', int_text(now), 'PX', 60000)
+  end
+  local m = redis.call('HMGET', P .. 'map', 'id', 'gen', 'made', 'until', 'from')
+  local alive = redis.call('ZRANGEBYSCORE', P .. 'alive', a[2], '+inf')
+  return { 'map', m[1] or '', m[2] or '0', m[3] or '0', m[4] or '0', m[5] or '', table.concat(alive, ' ') }
+end
+
+-- Arguments: known id ("" for none), window (µs; 0 for none), new id, then
+--            "expect", the hosts to wait for..., "settings", name, value, ...
+-- Reply after the time and generation: {"made" | "joined", id, gen, till or "0"}
+-- Makes the map when there is none, or replaces one that went back in generation
+-- (the caller's ARGV[6] is above its gen and its id is the caller's), as a
+-- recovering map; otherwise joins the map there is.
+function ops.recover(P, a, _, now, seen)
+  local map = P .. 'map'
+  local known, window, new_id = a[1], tonumber(a[2]), a[3]
+  local m = redis.call('HMGET', map, 'id', 'gen')
+  if m[1] and not (m[1] == known and tonumber(m[2]) < seen) then
+    return { 'joined', m[1], m[2], redis.call('HGET', map, 'until') or '0' }
+  end
+  local gen = math.max(tonumber(m[2] or '0'), seen) + 1
+  redis.call('DEL', P .. 'expect', P .. 'restored')
+  redis.call('HSET', map, 'id', new_id, 'gen', int_text(gen), 'made', int_text(now), 'from', known)
+  local till = '0'
+  if window > 0 then
+    till = int_text(now + window)
+    redis.call('HSET', map, 'until', till)
+  else
+    redis.call('HDEL', map, 'until')
+  end
+  local i = 4
+  if a[i] == 'expect' then
+    i = i + 1
+    while a[i] and a[i] ~= 'settings' do
+      redis.call('SADD', P .. 'expect', a[i])
+      i = i + 1
+    end
+  end
+  if a[i] == 'settings' then
+    for j = i + 1, #a - 1, 2 do
+      redis.call('HSETNX', P .. 'settings', a[j], a[j + 1])
+    end
+  end
+  return { 'made', new_id, int_text(gen), till }
+end
+
+-- Arguments: family, bits, scope, block_json, pool_json, then (rel, address_json) pairs
+-- Reply after the time and generation: {"restored", addresses added} | {"overlap", family, holder_bits, holder_block_json}
+-- Puts a pool back exactly as the caller recorded it: its block, the pool (unless it is
+-- there), and every address not claimed. The block may already be there: the same block
+-- (same label and owner) as recorded, or, for a pool that had joined a block of another
+-- owner (a shared one), a block of the same label. Anything else overlapping is refused.
+function ops.restore(P, a)
+  local family, bits, scope, block_json, pool_json = a[1], a[2], a[3], a[4], a[5]
+  local pools, addrs, atree, cidr = pool_keys(P, family, bits, scope)
+  local found = holder(P .. 'tree:' .. family, bits)
+  if not found then
+    local reply = claim_block(P, family, bits, scope, block_json, pool_json)
+    if reply.err then
+      return reply
+    end
+  else
+    local held = redis.call('GET', P .. 'slot:' .. cidr_text(family, found))
+    if not held then
+      return corrupt('block ' .. cidr_text(family, found) .. ' is claimed in the tree but has no slot key')
+    end
+    local there, mine = cjson.decode(held), cjson.decode(block_json)
+    local joined = cjson.decode(pool_json).owner ~= mine.owner
+    if found ~= bits or there.label ~= mine.label or (there.owner ~= mine.owner and not joined) then
+      return { 'overlap', family, found, held }
+    end
+    if redis.call('HEXISTS', pools, scope) == 0 then
+      redis.call('HSET', pools, scope, pool_json)
+    end
+  end
+  local depth = WIDTH[family] - #bits
+  local added = 0
+  for i = 6, #a - 1, 2 do
+    local rel = a[i]
+    if redis.call('HGET', atree, rel) ~= CLAIMED then
+      set_claimed(atree, rel, depth)
+      redis.call('HSET', addrs, address_text(family, bits .. rel), a[i + 1])
+      added = added + 1
+    end
+  end
+  return { 'restored', added }
+end
+
+-- Arguments: name, value
+-- Reply after the time and generation: {"found", the stored value} (``value`` unless another was stored)
+ops.restore_setting = ops.make_setting
+
+-- Arguments: none (the host is ARGV[7])
+-- Reply after the time and generation: {"map", till or "0"}
+function ops.restored(P, _, _, now, _, host)
+  local till = redis.call('HGET', P .. 'map', 'until')
+  if till then
+    redis.call('SADD', P .. 'restored', host)
+    if recovered(P, till, now) then
+      redis.call('HDEL', P .. 'map', 'until')
+      redis.call('DEL', P .. 'expect', P .. 'restored')
+      till = nil
+    end
+  end
+  return { 'map', till or '0' }
 end
 
 -- ---------------------------------------------------------------------------
@@ -528,10 +708,13 @@ function undo_of.claim_next(a, reply)
 end
 
 -- The operations that take a request id and honour its "abandoned" marker.
-local MUTATING = { open_exact = true, open_any = true, close = true, claim = true, claim_next = true, release = true }
+local MUTATING = {
+  open_exact = true, open_any = true, close = true, claim = true, claim_next = true, release = true,
+  make_setting = true, restore = true, restore_setting = true,
+}
 
 -- Arguments: none (the request id is ARGV[4])
--- Reply after the time: {"undone"} | {"abandoned"}
+-- Reply after the time and generation: {"undone"} | {"abandoned"}
 -- Undoes the request's change if it landed and the pool or address is still the
 -- one it created (not since closed and claimed anew); then marks it abandoned.
 function ops.abandon(P, _, id)
@@ -564,32 +747,83 @@ end
 -- Dispatch
 -- ---------------------------------------------------------------------------
 
-local op = ops[ARGV[1]]
+-- Operations that change the map, and so count its generation up when they did.
+local CHANGED = { granted = true, closed = true, claimed = true, released = true, restored = true, undone = true }
+-- Operations that run whatever the map's identity (they read it, make it, or undo a call).
+local UNCHECKED = { status = true, recover = true, abandon = true }
+-- Operations a reader that knows no map id may run.
+local READS = { pool = true, addresses = true, setting = true }
+-- Operations refused while the map recovers.
+local GATED = { open_exact = true, open_any = true }
+
+local name = ARGV[1]
+local op = ops[name]
 if not op then
-  return redis.error_reply('ERR unknown mini-ipam operation ' .. tostring(ARGV[1]))
+  return redis.error_reply('ERR unknown mini-ipam operation ' .. tostring(name))
 end
 local time = redis.call('TIME')
 local stamp = time[1] .. string.format('%06d', tonumber(time[2]))
+local now = tonumber(stamp)
 local deadline = tonumber(ARGV[3])
-if deadline > 0 and tonumber(stamp) > deadline then
+local P, id, known, seen = ARGV[2], ARGV[4], ARGV[5], tonumber(ARGV[6])
+CALLER = ARGV[7]
+if ARGV[8] ~= '' then
+  local done = {}
+  for request in string.gmatch(ARGV[8], '%S+') do
+    done[#done + 1] = P .. 'req:' .. request
+  end
+  redis.call('DEL', unpack(done))
+end
+local map = P .. 'map'
+local m = redis.call('HMGET', map, 'id', 'gen', 'until')
+local gen = m[2] or '0'
+if deadline > 0 and now > deadline then
   -- The caller has given up waiting: running now would change the map behind its back.
-  return { stamp, 'expired' }
+  return { stamp, gen, 'expired' }
 end
-local P, id, args = ARGV[2], ARGV[4], { unpack(ARGV, 5) }
-if MUTATING[ARGV[1]] and id ~= '' and redis.call('EXISTS', P .. 'req:' .. id) == 1 then
+if MUTATING[name] and id ~= '' and redis.call('EXISTS', P .. 'req:' .. id) == 1 then
   -- Abandoned by the caller before it got here: running now would change the map behind its back.
-  return { stamp, 'expired' }
+  return { stamp, gen, 'expired' }
 end
-local reply = op(P, args, id)
+if not UNCHECKED[name] and not (known == '*' and READS[name]) then
+  if not m[1] then
+    return { stamp, gen, 'lost', 'absent', '', gen }
+  end
+  if m[1] ~= known then
+    return { stamp, gen, 'lost', 'replaced', m[1], gen }
+  end
+  if tonumber(gen) < seen then
+    return { stamp, gen, 'lost', 'behind', m[1], gen }
+  end
+end
+if m[3] then
+  if recovered(P, m[3], now) then
+    redis.call('HDEL', map, 'until')
+    redis.call('DEL', P .. 'expect', P .. 'restored')
+  else
+    RECOVERING = m[3]
+    if GATED[name] then
+      return { stamp, gen, 'recovering', m[3] }
+    end
+  end
+end
+local args = { unpack(ARGV, 9) }
+local reply = op(P, args, id, now, seen, CALLER)
 if reply.err then
   return reply
 end
-local undo = undo_of[ARGV[1]]
+if CHANGED[reply[1]] and not (reply[1] == 'granted' and reply[6] == 0) then
+  gen = tostring(redis.call('HINCRBY', map, 'gen', 1))
+elseif name == 'recover' then
+  gen = reply[3]
+end
+local undo = undo_of[name]
 if undo and id ~= '' then
   local record = undo(args, reply)
   if record then
     redis.call('SET', P .. 'req:' .. id, cjson.encode(record), 'EX', REQUEST_TTL)
   end
 end
+table.insert(reply, 1, gen)
 table.insert(reply, 1, stamp)
 return reply

@@ -14,6 +14,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,6 +37,10 @@ from stores.base import (
     ExactSubnet,
     Granted,
     Lease,
+    MapIdentity,
+    MapLost,
+    MapRecovering,
+    MapStatus,
     Network,
     NoFreeSubnet,
     Overlap,
@@ -46,7 +51,8 @@ from stores.base import (
 )
 from stores.redis import codec, urls
 from stores.redis.lease import RedisLease
-from stores.redis.urls import DEFAULT_PREFIX
+from stores.redis.server import ServerWatch
+from stores.redis.urls import DEFAULT_PREFIX, Durability
 
 SCRIPT = resources.files("stores.redis").joinpath("scripts.lua").read_text(encoding="utf-8")
 
@@ -61,6 +67,16 @@ def _request_id() -> str:
 
 class _Dropped(StoreUnavailable):
     """The script answered that it did not run the call (too late, or already abandoned)."""
+
+
+_ANSWERED = (_Dropped, MapLost, MapRecovering)
+"""Failures the script itself answered with: the call did not run, so there is nothing to abandon."""
+
+_CURRENT: Any = object()
+"""The identity a call is made under by default: the one the store works on."""
+
+_CONFIRM_AT_MOST = 32
+"""Request ids whose replies arrived, sent along with the next call so that their undo records go."""
 
 
 @dataclass(frozen=True)
@@ -88,7 +104,12 @@ class RedisStore:
         {P}:host:<name>              string  a lease (``RedisLease``): JSON record of its holder, expiring
         {P}:twins:<name>             string  a note left for the lease's holder, expiring
         {P}:req:<id>                 string  a call that changed the map: JSON telling how to undo
-                                             it, or "abandoned"; expires after an hour
+                                             it, or "abandoned"; deleted by the caller's next call once
+                                             the reply arrived, and expiring after an hour in any case
+        {P}:map                      hash    the map's identity: id, gen, made, from, until (recovering)
+        {P}:expect, {P}:restored     set     while recovering: members to wait for, and those done
+        {P}:alive                    zset    member -> time of its lease's last renewal
+        {P}:probe                    string  written by health checks, expiring
 
     ``<cidr>`` and addresses are written by the script as Python 3.11's
     ``ipaddress`` writes them (``10.1.2.0/28``, ``fd00::/64``; IPv4-mapped IPv6
@@ -116,6 +137,16 @@ class RedisStore:
     without being sent. So a StoreUnavailable means "nothing was changed" by
     the time this store does anything else; with nothing pending, every
     operation is still one round trip.
+
+    The map's identity (``{P}:map``): the store attaches to the map at its first
+    call (it joins the map there is, or makes one that recovers for
+    ``recovery_window`` seconds), then sends the map's id and the highest
+    generation it has seen with every call; the script checks both in the same
+    atomic step as the operation. A map that is gone, has another id or went back
+    in generation raises MapLost and changes nothing: see ``stores.recovery`` for
+    rebuilding it. With ``durability`` (``?wait_replicas=``, ``?wait_aof=``), a
+    change is acknowledged only once WAIT / WAITAOF, sent in the same round trip,
+    say it reached that many replicas or disks; else it is undone and refused.
     """
 
     TRAITS = SHARED
@@ -128,13 +159,20 @@ class RedisStore:
         where: str | None = None,
         timeout: float | None = None,
         read_only: bool = False,
+        member: str = "",
+        recovery_window: float = 0.0,
+        durability: Durability | None = None,
+        watch: ServerWatch | None = None,
     ) -> None:
         """Use ``client``; does no network I/O, so an unreachable Redis only fails the first call.
 
         ``where`` names the server in error messages (default: from the client's
         connection settings, without credentials); ``timeout`` is only quoted in
         them (default: the client's socket timeout); ``read_only`` refuses every
-        call that would change the map.
+        call that would change the map (and never makes a map). ``member`` is the
+        name this process goes by on the map (mini-ipam passes its host id);
+        ``recovery_window`` how long a map this store makes waits before it hands
+        out blocks (see ``stores.recovery``); ``watch`` tells it when the server changes.
         """
         urls.check_prefix(prefix)
         self.read_only = read_only
@@ -151,9 +189,26 @@ class RedisStore:
         self._pending: list[str] = []  # ids of calls that failed with StoreUnavailable, oldest first
         self._pending_lock = threading.Lock()
         self._settle_failed: StoreError | None = None  # why the last abandon failed; None after a success
+        self.member = member
+        self.recovery_window = recovery_window
+        self.durability = durability or Durability()
+        self.watch = watch or ServerWatch()
+        self._identity: MapIdentity | None = None
+        self._identity_lock = threading.Lock()
+        self.auto_attach = True  # attach at the first call; off when a RecoveringStore attaches it
+        self.last_checked = 0.0  # time.monotonic() of the last reply that proved the map's identity
+        self._answered: deque[str] = deque()  # request ids whose replies arrived, to confirm
 
     @classmethod
-    def from_url(cls, url: str, *, timeout: float = 5.0, read_only: bool = False) -> RedisStore:
+    def from_url(
+        cls,
+        url: str,
+        *,
+        timeout: float = 5.0,
+        read_only: bool = False,
+        member: str = "",
+        recovery_window: float = 0.0,
+    ) -> RedisStore:
         """Open the store a ``redis://``, ``rediss://`` or ``unix://`` URL names.
 
         ``?prefix=NAME`` (default ``mini-ipam``) selects the map; ``?db=N`` the
@@ -161,18 +216,33 @@ class RedisStore:
         ``ssl_ca_path``, ``ssl_certfile``, ``ssl_keyfile`` and ``ssl_check_hostname``.
         ``timeout`` bounds every connect and every round trip; nothing is retried.
         ``read_only`` refuses every call that would change the map, for listings.
-        Raises ConfigurationError for anything else. Connects lazily.
+        ``wait_replicas=N``, ``wait_aof=N`` and ``wait_timeout=DURATION`` ask for
+        durable acknowledgements (see ``urls.Durability``). ``member`` and
+        ``recovery_window``: see ``__init__``. Raises ConfigurationError for
+        anything else. Connects lazily.
         """
         if not timeout > 0:
             raise ConfigurationError(f"the store timeout must be a positive number of seconds, not {timeout!r}")
-        client_url, prefix = urls.split_url(url)
+        client_url, prefix, durability = urls.split_url(url)
+        watch = ServerWatch()
         client = redis.Redis.from_url(
             client_url,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 0),
+            redis_connect_func=watch.on_connect,
         )
-        return cls(client, prefix, where=urls.where(client_url), timeout=timeout, read_only=read_only)
+        return cls(
+            client,
+            prefix,
+            where=urls.where(client_url),
+            timeout=timeout,
+            read_only=read_only,
+            member=member,
+            recovery_window=recovery_window,
+            durability=durability,
+            watch=watch,
+        )
 
     @property
     def traits(self) -> StoreTraits:
@@ -187,6 +257,11 @@ class RedisStore:
     def client(self) -> redis.Redis:
         """The redis-py client the store talks through."""
         return self._client
+
+    @property
+    def where(self) -> str:
+        """The server, as messages name it (without credentials)."""
+        return self._where
 
     @property
     def prefix(self) -> str:
@@ -313,9 +388,12 @@ class RedisStore:
         with self._reaching():
             self._client.ping()
 
-    def setting(self, name: str, default: str) -> str:
-        reply = self._call("setting", name, default)
-        return str(reply[1])
+    def setting(self, name: str) -> str | None:
+        reply = self._call("setting", name)
+        return str(reply[1]) if reply[0] == "found" else None
+
+    def make_setting(self, name: str, value: str) -> str:
+        return str(self._change("make_setting", name, value)[1])
 
     def close(self) -> None:
         """Abandon the calls that failed unanswered, then close the client and every connection of its pool.
@@ -337,7 +415,7 @@ class RedisStore:
         names = (codec.text(key) for key in self._client.scan_iter(match=f"{head}*", count=1000))
         return list(dict.fromkeys(name[len(head) :] for name in names))
 
-    def _change(self, op: str, *args: str | int) -> list[Any]:
+    def _change(self, op: str, *args: str | int, identity: MapIdentity | None = _CURRENT) -> list[Any]:
         """Run an operation that may change the map, under a fresh request id.
 
         When it fails with StoreUnavailable without an answer, it may still have
@@ -347,13 +425,15 @@ class RedisStore:
             raise StoreError(f"the store at {self._where} was opened read-only: {op} would change the map")
         request = _request_id()
         try:
-            return self._call(op, *args, request=request)
-        except _Dropped:
+            reply = self._call(op, *args, request=request, identity=identity)
+        except _ANSWERED:
             raise  # the script answered that it did not run it
         except StoreUnavailable:
             with self._pending_lock:
                 self._pending.append(request)
             raise
+        self._answered.append(request)
+        return reply
 
     def _settle(self) -> None:
         """Abandon every call that failed unanswered, oldest first: one script call each.
@@ -384,35 +464,227 @@ class RedisStore:
         finally:
             self._pending_lock.release()
 
-    def _call(self, op: str, *args: str | int, request: str = "") -> list[Any]:
+    def _call(self, op: str, *args: str | int, request: str = "", identity: MapIdentity | None = _CURRENT) -> list[Any]:
         """Run one operation of the script: one EVALSHA (three commands after a NOSCRIPT).
 
-        Abandons the calls that failed unanswered first (see ``_settle``).
-        Returns the reply after its server time, with every bulk string decoded
-        to ``str``. A call that reached the server after its deadline, or after
-        its request was abandoned, changed nothing and raises StoreUnavailable,
-        like one that timed out here.
+        Abandons the calls that failed unanswered first (see ``_settle``), and
+        attaches to the map the first time (see ``attach``). Returns the reply
+        after its server time and the map's generation, with every bulk string
+        decoded to ``str``. A call that reached the server after its deadline, or
+        after its request was abandoned, changed nothing and raises
+        StoreUnavailable, like one that timed out here.
         """
         self._settle()
-        return self._send(op, request, args)
+        if identity is _CURRENT and self._identity is None and not self.read_only:
+            if not self.auto_attach:
+                raise StoreUnavailable(f"the address map on redis at {self._where} is not attached yet")
+            self.attach()
+        return self._send(op, request, args, identity=identity)
 
-    def _send(self, op: str, request: str, args: Sequence[str | int], *, deadline: bool = True) -> list[Any]:
-        """One EVALSHA of the script; see ``_call``."""
+    def _send(
+        self,
+        op: str,
+        request: str,
+        args: Sequence[str | int],
+        *,
+        deadline: bool = True,
+        identity: MapIdentity | None = _CURRENT,
+    ) -> list[Any]:
+        """One EVALSHA of the script (with WAIT / WAITAOF after it, for a durable change); see ``_call``.
+
+        ``identity``: the map id and generation the call is made under (default: the store's).
+        """
+        if identity is _CURRENT:
+            identity = self._identity
+        known = "*" if identity is None else identity.id
+        confirmed = " ".join(self._take_answered()) if request and op != "abandon" else ""
+        header: list[str | int] = [op, self._keys, 0, request, known, identity.gen if identity else 0, self.member]
+        header.append(confirmed)
         sent = time.monotonic()
-        limit = self._deadline(sent) if deadline else 0
+        if deadline:
+            header[2] = self._deadline(sent)
+        durable = bool(request) and self.durability.wanted and op != "abandon"
+        waited: list[Any] = []
         with self._reaching():
-            raw = self._script(keys=self._anchor, args=[op, self._keys, limit, request, *args])
+            if durable:
+                raw, waited = self._send_durably([*header, *args])
+            else:
+                raw = self._script(keys=self._anchor, args=[*header, *args])
         received = time.monotonic()
-        if not isinstance(raw, list) or len(raw) < 2:
+        if not isinstance(raw, list) or len(raw) < 3:
             raise CorruptState(f"unexpected reply {raw!r} from the mini-ipam script on {self._where}")
-        stamp, *reply = [codec.text(item) if isinstance(item, bytes) else item for item in raw]
+        stamp, gen, *reply = [codec.text(item) if isinstance(item, bytes) else item for item in raw]
         self._observe(int(stamp), sent, received)
-        if reply[0] == "expired":
+        status = reply[0]
+        if status == "expired":
             raise _Dropped(
                 f"redis at {self._where} did not answer within {self._timeout}s "
                 "(the request reached it too late, or after it was abandoned, and was dropped)"
             )
+        if status == "lost":
+            raise self._lost(reply[1], reply[2], int(reply[3]))
+        if status == "recovering":
+            until = int(reply[1]) / 1e6
+            raise MapRecovering(
+                f"the address map on redis at {self._where} is new or being rebuilt after a loss: no new subnet "
+                "until every host that held claims in it has re-asserted them, "
+                f"or {max(0.0, until - time.time()):.0f}s at the latest",
+                until,
+            )
+        if identity is self._identity:
+            self._saw_generation(int(gen))
+            self.last_checked = received  # the script checked the map's identity in this very call
+        if durable:
+            self._check_durable(request, waited)
         return reply
+
+    def _take_answered(self) -> list[str]:
+        """Request ids whose replies arrived, at most ``_CONFIRM_AT_MOST`` (each popped once, thread-safely)."""
+        taken: list[str] = []
+        while self._answered and len(taken) < _CONFIRM_AT_MOST:
+            try:
+                taken.append(self._answered.popleft())
+            except IndexError:
+                break
+        return taken
+
+    def _send_durably(self, args: list[Any]) -> tuple[Any, list[Any]]:
+        """EVALSHA and, in the same round trip on the same connection, WAIT and/or WAITAOF."""
+        for attempt in (1, 2):
+            pipe = self._client.pipeline(transaction=False)
+            pipe.execute_command("EVALSHA", self._script.sha, 1, *self._anchor, *args)  # type: ignore[no-untyped-call]
+            for command in self.durability.commands():
+                pipe.execute_command(*command)  # type: ignore[no-untyped-call]
+            results = pipe.execute(raise_on_error=False)
+            first = results[0]
+            if isinstance(first, redis.exceptions.NoScriptError) and attempt == 1:
+                self._client.script_load(SCRIPT)
+                continue
+            for result in results:
+                if isinstance(result, Exception):
+                    raise result
+            return first, results[1:]
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _check_durable(self, request: str, waited: list[Any]) -> None:
+        """Undo and refuse a change the server could not make durable as asked."""
+        short = self.durability.shortfall(waited)
+        if short is None:
+            return
+        try:
+            self._send("abandon", request, (), deadline=False)
+        except StoreError:
+            with self._pending_lock:
+                self._pending.append(request)
+        raise StoreUnavailable(f"redis at {self._where} could not make the change durable ({short}); it was undone")
+
+    def _lost(self, why: str, found_id: str, found_gen: int) -> MapLost:
+        """The MapLost for a script's "lost" reply."""
+        found = MapIdentity(found_id, found_gen) if found_id else None
+        known = self._identity
+        text = {
+            "absent": "it has no identity any more: the data was flushed, evicted, or the server came back empty",
+            "replaced": f"it is another map now (id {found_id}), made by a member that found it lost",
+            "behind": f"it went back to generation {found_gen} from {known.gen if known else 0}: the server came "
+            "back from an older copy, or a replica without the latest writes took over",
+        }.get(why, why)
+        return MapLost(f"the address map on redis at {self._where} was lost: {text}", why, found)
+
+    def _saw_generation(self, gen: int) -> None:
+        identity = self._identity
+        if identity is not None and gen > identity.gen:
+            with self._identity_lock:
+                current = self._identity
+                if current is not None and current.id == identity.id and gen > current.gen:
+                    self._identity = MapIdentity(current.id, gen)
+
+    # -- the map's identity -----------------------------------------------
+
+    @property
+    def identity(self) -> MapIdentity | None:
+        """The map this store works on, and the highest generation it has seen; None before it attached."""
+        return self._identity
+
+    def adopt(self, identity: MapIdentity | None) -> None:
+        """Work on the map ``identity`` from now on (a recovery that re-asserted this member's claims)."""
+        with self._identity_lock:
+            self._identity = identity
+
+    def attach(self) -> MapIdentity:
+        """Join the map there is, or make one (recovering for ``recovery_window``); the identity it works on."""
+        with self._identity_lock:
+            if self._identity is not None:
+                return self._identity
+        made, _ = self.recover(known=None)
+        self.adopt(made.identity)
+        assert made.identity is not None
+        return made.identity
+
+    def status(self, *, probe: bool = False, alive_within: float = 60.0) -> MapStatus:
+        """The map as it is now, with the members alive in the last ``alive_within`` seconds.
+
+        With ``probe`` it also writes an expiring ``{P}:probe``: proof that the server takes writes and
+        runs this store's script (a read-only replica, a Sentinel port or a user without script rights fail).
+        """
+        self._settle()
+        reply = self._send("status", "", ("1" if probe else "0", int(time.time() - alive_within)))
+        return _status(reply[1:])
+
+    def recover(
+        self,
+        known: MapIdentity | None,
+        *,
+        window: float | None = None,
+        expect: Sequence[str] = (),
+        settings: dict[str, str] | None = None,
+    ) -> tuple[MapStatus, bool]:
+        """Make a map where there is none, or replace ``known`` if it went back in generation; else join it.
+
+        A map made here recovers for ``window`` seconds (default ``recovery_window``)
+        or until every member of ``expect`` has re-asserted its claims, and gets
+        ``settings`` (written only where none is stored). Returns the map, and
+        whether this call made it.
+        """
+        window = self.recovery_window if window is None else window
+        args: list[str | int] = [known.id if known else "", int(window * 1e6), secrets.token_hex(16)]
+        args += ["expect", *expect, "settings"]
+        for name, value in (settings or {}).items():
+            args += [name, value]
+        self._settle()
+        reply = self._send("recover", "", args, deadline=False, identity=known)
+        made, map_id, gen, until = reply[0] == "made", reply[1], int(reply[2]), int(reply[3])
+        return (
+            MapStatus(MapIdentity(map_id, gen), recovering_until=until / 1e6 if until else None, replaced=""),
+            made,
+        )
+
+    def restore(self, pool: PoolInfo, claims: Sequence[AddressClaim], identity: MapIdentity) -> Overlap | int:
+        """Put ``pool`` back as it was recorded, with ``claims``, into the map ``identity`` (a recovering one,
+        before this store adopts it); the addresses added, or what overlaps it."""
+        subnet = pool.subnet
+        block_json = codec.dumps({"owner": pool.block.owner, "label": pool.block.label, "since": pool.block.since})
+        pool_json = codec.dumps({"owner": pool.owner, "since": pool.since, "cursor": None})
+        args: list[str | int] = [subnet.version, codec.bits(subnet), pool.scope, block_json, pool_json]
+        for claim in claims:
+            record: dict[str, Any] = {"since": claim.since}
+            if claim.note:
+                record["note"] = claim.note
+            args += [codec.rel_bits(subnet, claim.address), codec.dumps(record)]
+        reply = self._change("restore", *args, identity=identity)
+        if reply[0] == "overlap":
+            _, family, bits, held_json = reply
+            return Overlap(codec.block(codec.network(family, bits), held_json))
+        return int(reply[1])
+
+    def restore_setting(self, name: str, value: str, identity: MapIdentity) -> str:
+        """Put a setting back into the map ``identity`` unless another value is stored; the stored value."""
+        return str(self._change("restore_setting", name, value, identity=identity)[1])
+
+    def restored(self, identity: MapIdentity) -> float | None:
+        """Say this member has re-asserted everything into ``identity``; until when that map still recovers."""
+        self._settle()
+        until = int(self._send("restored", "", (), identity=identity)[1])
+        return until / 1e6 if until else None
 
     def _deadline(self, sent: float) -> int:
         """The server time (Unix µs) after which this call must not run; 0 when unknown.
@@ -465,3 +737,15 @@ class RedisStore:
         if self._password:
             text = text.replace(self._password, "***")
         return text
+
+
+def _status(fields: Sequence[Any]) -> MapStatus:
+    """A MapStatus from the "status" reply: id, gen, made, until, from, alive members."""
+    map_id, gen, made, until, replaced, alive = fields
+    return MapStatus(
+        MapIdentity(map_id, int(gen)) if map_id else None,
+        made=int(made) / 1e6,
+        recovering_until=int(until) / 1e6 if int(until) else None,
+        replaced=replaced,
+        alive=frozenset(str(alive).split()),
+    )
