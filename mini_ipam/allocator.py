@@ -391,12 +391,12 @@ class _StoreCall:
             raise PoolNotFound(f"pool {self.pool_id} is not known here") from None
         if isinstance(exc, stores.MapLost):
             raise StoreFailed(
-                f"{exc}. Nothing was changed: this driver re-asserts the claims it holds into a rebuilt map by "
-                "itself, and every other host's driver does the same; retry in a few seconds "
-                "(GET /healthz on the plugin socket says how far the rebuild is)"
+                f"the address store failed, nothing was changed: {exc}. This driver re-asserts the claims it "
+                "holds into a rebuilt map by itself, and every other host's driver does the same; retry in a few "
+                "seconds (GET /healthz on the plugin socket says how far the rebuild is)"
             ) from exc
         if isinstance(exc, stores.MapRecovering):
-            raise StoreFailed(f"{exc}. Nothing was changed; retry then") from exc
+            raise StoreFailed(f"the address store failed, nothing was changed: {exc}; retry then") from exc
         if isinstance(exc, stores.StoreError):
             if self.release:
                 raise StoreFailed(f"the address store failed; the release may or may not have happened: {exc}") from exc

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 from mini_ipam.allocator import Allocator
 from mini_ipam.errors import IpamError
 from mini_ipam.inventory import Inventory, take_inventory
-from stores import MapHealth, Network, Rebuilding, StoreError
+from stores import MapHealth, Network, Rebuilding, StoreError, StoreUnavailable
 
 
 class TwinWatch(Protocol):
@@ -49,7 +49,10 @@ class Operations:
             else:
                 self.allocator.store.ping()
         except StoreError as exc:
-            body.update(status="unavailable", store="unreachable", error=str(exc))
+            # Unreachable (or too slow), or answering but refusing what a claim needs (a read-only replica,
+            # a user without script rights, not a Redis at all, a corrupt map).
+            reached = "unreachable" if isinstance(exc, StoreUnavailable) else "refusing"
+            body.update(status="unavailable", store=reached, error=str(exc))
             return 503, body
         body.update(
             status="ok", store="reachable", store_round_trip_ms=round((time.perf_counter() - started) * 1000, 3)

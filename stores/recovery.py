@@ -124,6 +124,9 @@ class RecoveringStore:
                 )
             record.remember(MAP_NAME, map_name)
         self._lock = threading.Lock()
+        # Held by a rebuild from reading the record to adopting the new map, and by every release, so
+        # that a release is in the record before the rebuild reads it, or reaches the new map after.
+        self._releasing = threading.RLock()
         self._rebuilder: threading.Thread | None = None
         self._stopping = threading.Event()
         self.listeners: list[Callable[[str, str], None]] = []
@@ -146,7 +149,13 @@ class RecoveringStore:
             self._start()
             self._started = True
 
+    def _read_warnings(self) -> None:
+        self.state.warnings = tuple(durability_warnings(self.shared.client))
+        self.state.warnings_read = time.monotonic()
+
     def _start(self) -> None:
+        self.shared.check_server()
+        self._read_warnings()
         known = self._recorded_identity()
         status = self.shared.status(alive_within=self.alive_within)
         self.state.status = status
@@ -187,9 +196,8 @@ class RecoveringStore:
         # already sent, so a healthy map's answer is at least that far (concurrent calls go further).
         known = self.shared.identity
         status = self.shared.status(probe=True, alive_within=self.alive_within)
-        if time.monotonic() - self.state.warnings_read > WARNINGS_EVERY or not self.state.warnings_read:
-            self.state.warnings = tuple(durability_warnings(self.shared.client))
-            self.state.warnings_read = time.monotonic()
+        if time.monotonic() - self.state.warnings_read > WARNINGS_EVERY:
+            self._read_warnings()
         self.state.status = status
         self.state.recovering_until = status.recovering_until
         if self.state.settling_until is not None and time.time() >= self.state.settling_until:
@@ -259,11 +267,14 @@ class RecoveringStore:
     def _rebuild_until_done(self, known: MapIdentity | None) -> None:
         while not self._stopping.is_set():
             try:
-                self._rebuild_now(known, "rebuilt")
+                with self._releasing:
+                    self._rebuild_now(known, "rebuilt")
                 return
             except StoreError as exc:
                 log.warning("rebuilding the address map failed, trying again in 1s: %s", exc)
-                self._stopping.wait(1.0)
+            except Exception:  # a bug: never leave the driver refusing for good without saying why
+                log.exception("rebuilding the address map failed, trying again in 1s")
+            self._stopping.wait(1.0)
 
     def _rebuild_now(self, known: MapIdentity | None, verb: str) -> None:
         """Make or join the map, re-assert the record into it, and adopt it."""
@@ -391,11 +402,12 @@ class RecoveringStore:
 
     def close_pool(self, subnet: Network, scope: str) -> ClosedPool | None:
         self._ensure_started()
-        try:
-            closed: ClosedPool | None = self._shared(self.shared.close_pool, subnet, scope)
-        except MapLost:
-            closed = None
-        recorded = self.record.drop_pool(subnet, scope) if self.record is not None else None
+        with self._releasing:
+            try:
+                closed: ClosedPool | None = self._shared(self.shared.close_pool, subnet, scope)
+            except MapLost:
+                closed = None
+            recorded = self.record.drop_pool(subnet, scope) if self.record is not None else None
         if closed is None and recorded is not None:
             return ClosedPool(recorded, freed=True)  # the lost map no longer had it: released all the same
         if closed is None and self.state.lost is not None:
@@ -426,11 +438,12 @@ class RecoveringStore:
 
     def release_address(self, subnet: Network, scope: str, address: Address) -> bool:
         self._ensure_started()
-        try:
-            released: bool = self._shared(self.shared.release_address, subnet, scope, address)
-        except MapLost:
-            released = False
-        recorded = self.record.drop_address(subnet, scope, int(address)) if self.record is not None else False
+        with self._releasing:
+            try:
+                released: bool = self._shared(self.shared.release_address, subnet, scope, address)
+            except MapLost:
+                released = False
+            recorded = self.record.drop_address(subnet, scope, int(address)) if self.record is not None else False
         if not released and not recorded and self.state.lost is not None:
             self._refuse_while_lost()
         return released or recorded

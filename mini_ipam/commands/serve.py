@@ -84,6 +84,9 @@ def _attach(store: stores.Store) -> None:
         return
     try:
         store.start()
+    except stores.ConfigurationError as exc:
+        store.close()
+        raise CommandError(str(exc), 2) from None
     except stores.StoreError as exc:
         # An unreachable store must not keep the socket from opening: the engine may be booting. Every
         # request attaches first, so nothing is claimed before the map was checked.

@@ -610,6 +610,25 @@ class RedisStore:
         with self._identity_lock:
             self._identity = identity
 
+    def check_server(self) -> None:
+        """ConfigurationError when the server lacks a command the store's options need (WAITAOF)."""
+        if self.durability.aof_replicas is None:
+            return
+        with self._reaching():
+            try:
+                self._client.execute_command("WAITAOF", 0, 0, 0)  # type: ignore[no-untyped-call]
+                return
+            except redis.ResponseError as exc:
+                if "unknown command" not in str(exc).lower():
+                    return  # it knows the command (it may still refuse this use of it: the claims will say)
+            info = self._client.info("server")
+        server = "Valkey" if "valkey_version" in info else "Redis"
+        version = info.get("valkey_version") or info.get("redis_version")
+        raise ConfigurationError(
+            f"wait_aof needs WAITAOF (Redis 7.2 or later, Valkey 8 or later), and the server at {self._where} is "
+            f"{server} {version}: drop wait_aof, or use wait_replicas"
+        )
+
     def attach(self) -> MapIdentity:
         """Join the map there is, or make one (recovering for ``recovery_window``); the identity it works on."""
         with self._identity_lock:
@@ -728,7 +747,7 @@ class RedisStore:
             message = self._scrub(exc)
             if message.startswith("CORRUPT"):
                 raise CorruptState(f"redis at {self._where}: {message}") from exc
-            raise StoreError(f"redis at {self._where} refused the request: {message}") from exc
+            raise StoreError(f"redis at {self._where} refused the request: {message}{_hint(message)}") from exc
         except redis.RedisError as exc:
             raise StoreError(f"redis at {self._where} failed: {self._scrub(exc)}") from exc
 
@@ -737,6 +756,21 @@ class RedisStore:
         if self._password:
             text = text.replace(self._password, "***")
         return text
+
+
+_HINTS = (
+    ("read only replica", "point the store at the primary, or name the Sentinels (redis+sentinel://)"),
+    ("no permissions", "the store's user needs +@scripting, +@read, +@write and the map's keys"),
+    ("unknown command 'evalsha'", "this is no Redis that runs scripts: a Sentinel's port?"),
+    ("unknown command `evalsha`", "this is no Redis that runs scripts: a Sentinel's port?"),
+    ("oom command not allowed", "the server is out of memory (maxmemory): claims cannot be made"),
+)
+
+
+def _hint(message: str) -> str:
+    """What to do about a refusal users meet, when it is one of those."""
+    lower = message.lower()
+    return next((f" ({hint})" for known, hint in _HINTS if known in lower), "")
 
 
 def _status(fields: Sequence[Any]) -> MapStatus:
