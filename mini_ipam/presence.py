@@ -28,8 +28,14 @@ from stores import Lease, Store
 
 log = logging.getLogger("mini_ipam.presence")
 
-CHECK_EVERY = 2.0
-"""Seconds between two looks at the shared map by the heartbeat thread (a lease renews every ttl / 3)."""
+CHECKS_PER_TTL = 15
+"""How often per lease time to live the heartbeat thread looks at the shared map (every 2 s by default;
+the lease itself renews every ttl / 3)."""
+
+
+def check_interval(ttl: float) -> float:
+    """Seconds between two looks at the shared map, for a lease time to live of ``ttl``."""
+    return ttl / CHECKS_PER_TTL
 
 
 @dataclass(frozen=True)
@@ -58,15 +64,16 @@ class HostPresence:
         host_id: str,
         ttl: float = 30.0,
         also: Sequence[Callable[[], object]] = (),
-        also_every: float = CHECK_EVERY,
+        also_every: float | None = None,
     ) -> None:
         """Keep ``host_id``'s lease on the shared store ``lease_of`` (ValueError for a store no other host shares).
 
-        ``also``: what else to do, every ``also_every`` seconds or at every beat if that is sooner (the
-        driver looks at its map, so that an idle driver finds a lost map within seconds too).
+        ``also``: what else to do, every ``also_every`` seconds (default ``check_interval(ttl)``): the
+        driver looks at its map, so that an idle driver finds a lost map within seconds too, and knows
+        which hosts are alive should it ever have to rebuild the map.
         """
         self._also = tuple(also)
-        self._also_every = min(also_every, ttl / 3)
+        self._also_every = min(check_interval(ttl) if also_every is None else also_every, ttl / 3)
         self.host_id = host_id
         self.ttl = ttl
         self.instance = uuid.uuid4().hex

@@ -92,11 +92,12 @@ class ConfigurationError(ValueError):
 
 @dataclass(frozen=True)
 class MapIdentity:
-    """Which shared map this is (``id``, made once with it) and how far it has got (``gen``, counted
-    up by every change)."""
+    """Which shared map this is (``id``, made once with it), how far it has got (``gen``, counted up by
+    every change), and the generation of one member's own last change in it (``own``)."""
 
     id: str
     gen: int
+    own: int = 0
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,9 @@ class MapStatus:
     recovering_until: float | None = None
     replaced: str = ""
     alive: frozenset[str] = frozenset()
+    expected: frozenset[str] = frozenset()  # while recovering: the members it waits for
+    restored: frozenset[str] = frozenset()  # and those that have re-asserted
+    cleaned: frozenset[str] = frozenset()  # and those that have dropped what they had released since
 
 
 @dataclass(frozen=True)
@@ -374,10 +378,6 @@ class Rebuilding(Protocol):
 
     def check(self) -> MapStatus:
         """Look at the map now, writing a probe; start a rebuild if it was lost."""
-        ...
-
-    def check_if_idle(self, idle: float) -> MapStatus | None:
-        """``check``, unless a call of the last ``idle`` seconds proved the map intact already."""
         ...
 
     @property

@@ -68,10 +68,48 @@ RECORD_NOTES = "record."
 """Settings of the record that are its own notes, not copies of the map's settings."""
 MAP_ID = RECORD_NOTES + "map_id"
 MAP_GEN = RECORD_NOTES + "map_gen"
+MAP_OWN = RECORD_NOTES + "map_own"
 MEMBERS = RECORD_NOTES + "members"
 MAP_NAME = RECORD_NOTES + "map"
 WARNINGS_EVERY = 60.0
 """Seconds between two reads of the server's persistence and eviction settings."""
+
+
+class _Gate:
+    """Changes pass side by side; a rebuild closes the gate and waits for the changes inside to finish.
+
+    So a change's grant by the shared map and its entry in the record are never split by a
+    rebuild reading the record: the rebuild re-asserts it, or the change reaches the new map.
+    """
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._inside = 0
+        self._closed = False
+
+    def __enter__(self) -> None:
+        with self._condition:
+            while self._closed:
+                self._condition.wait()
+            self._inside += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._condition:
+            self._inside -= 1
+            if not self._inside:
+                self._condition.notify_all()
+
+    def close(self) -> None:
+        """Let no change in, and wait until none is inside."""
+        with self._condition:
+            self._closed = True
+            while self._inside:
+                self._condition.wait()
+
+    def open(self) -> None:
+        with self._condition:
+            self._closed = False
+            self._condition.notify_all()
 
 
 @dataclass
@@ -124,9 +162,7 @@ class RecoveringStore:
                 )
             record.remember(MAP_NAME, map_name)
         self._lock = threading.Lock()
-        # Held by a rebuild from reading the record to adopting the new map, and by every release, so
-        # that a release is in the record before the rebuild reads it, or reaches the new map after.
-        self._releasing = threading.RLock()
+        self._changes = _Gate()
         self._rebuilder: threading.Thread | None = None
         self._stopping = threading.Event()
         self.listeners: list[Callable[[str, str], None]] = []
@@ -163,11 +199,11 @@ class RecoveringStore:
         if known is None:
             self._rebuild_now(None, "made or joined")
             return
-        if found is None or found.id != known.id or found.gen < known.gen:
+        if found is None or found.id != known.id or found.gen < known.gen or found.own < known.own:
             why = "absent" if found is None else ("replaced" if found.id != known.id else "behind")
             self._lose(MapLost(f"the address map was lost while this driver was away ({why})", why, found), known)
             return
-        self.shared.adopt(MapIdentity(known.id, max(known.gen, found.gen)))
+        self.shared.adopt(MapIdentity(known.id, max(known.gen, found.gen), max(known.own, found.own)))
         self.state.recovering_until = status.recovering_until
 
     @property
@@ -210,17 +246,12 @@ class RecoveringStore:
                 self._lose(MapLost("the address map has no identity any more", "absent", None), known)
             elif found.id != known.id:
                 self._lose(MapLost(f"the address map is another map now (id {found.id})", "replaced", found), known)
-            elif found.gen < known.gen:
+            elif found.gen < known.gen or found.own < known.own:
                 self._lose(MapLost(f"the address map went back to generation {found.gen}", "behind", found), known)
             elif self.record is not None:
                 self.record.remember(MAP_GEN, str(known.gen))
+                self.record.remember(MAP_OWN, str(known.own))
         return status
-
-    def check_if_idle(self, idle: float) -> MapStatus | None:
-        """``check``, unless a call proved the map's identity in the last ``idle`` seconds (every call does)."""
-        if time.monotonic() - self.shared.last_checked < idle and self.state.lost is None:
-            return None
-        return self.check()
 
     def _server_changed(self, old: str | None, new: str) -> None:
         """A connection found another server: settle for a window, and look at the map at once."""
@@ -266,14 +297,16 @@ class RecoveringStore:
 
     def _rebuild_until_done(self, known: MapIdentity | None) -> None:
         while not self._stopping.is_set():
+            self._changes.close()
             try:
-                with self._releasing:
-                    self._rebuild_now(known, "rebuilt")
+                self._rebuild_now(known, "rebuilt")
                 return
             except StoreError as exc:
                 log.warning("rebuilding the address map failed, trying again in 1s: %s", exc)
             except Exception:  # a bug: never leave the driver refusing for good without saying why
                 log.exception("rebuilding the address map failed, trying again in 1s")
+            finally:
+                self._changes.open()
             self._stopping.wait(1.0)
 
     def _rebuild_now(self, known: MapIdentity | None, verb: str) -> None:
@@ -289,28 +322,37 @@ class RecoveringStore:
         identity = status.identity
         assert identity is not None
         conflicts: list[str] = []
-        pools = addresses = 0
+        pools = addresses = discarded = 0
         if self.record is not None:
             for name, value in self._recorded_settings().items():
                 stored = self.shared.restore_setting(name, value, identity)
                 if stored != value:
                     conflicts.append(f"setting {name}: the map has {stored}, this host had {value}")
-            for pool, claims in self.record.holdings():
-                result = self.shared.restore(pool, claims, identity)
-                if isinstance(result, Overlap):
-                    holder = result.holder
-                    conflicts.append(
-                        f"{pool.subnet} ({pool.scope}, {len(claims)} addresses) overlaps {holder.subnet}, "
-                        f"re-asserted by {holder.owner}"
-                    )
-                else:
-                    pools += 1
-                    addresses += result
+            discarded = self._discard_ghosts(identity)
+            refused: list[tuple[PoolInfo, list[AddressClaim], Block]] = []
+            for attempt in range(2):
+                todo = list(self.record.holdings()) if attempt == 0 else [(p, c) for p, c, _ in refused]
+                refused = []
+                for pool, claims in todo:
+                    result = self.shared.restore(pool, claims, identity)
+                    if isinstance(result, Overlap):
+                        refused.append((pool, claims, result.holder))
+                    else:
+                        pools += 1
+                        addresses += result
+                if not refused or attempt or not self._wait_for_owners({b.owner for _, _, b in refused}):
+                    break
+            conflicts += [
+                f"{pool.subnet} ({pool.scope}, {len(claims)} addresses) overlaps {holder.subnet}, "
+                f"held by {holder.owner}"
+                for pool, claims, holder in refused
+            ]
         until = self.shared.restored(identity)
         self.shared.adopt(identity)
         if self.record is not None:
             self.record.remember(MAP_ID, identity.id)
             self.record.remember(MAP_GEN, str(identity.gen))
+            self.record.remember(MAP_OWN, "0")
         with self._lock:
             was_lost = self.state.lost is not None
             self.state.lost = None
@@ -322,6 +364,7 @@ class RecoveringStore:
             what = "made a new map" if made else "joined the map"
             self.state.last_rebuild = (
                 f"{what} {identity.id} and re-asserted {pools} pools and {addresses} addresses"
+                + (f"; dropped {discarded} pools this host had released since" if discarded else "")
                 + (f"; {len(conflicts)} conflicts" if conflicts else "")
             )
         for conflict in conflicts:
@@ -333,11 +376,38 @@ class RecoveringStore:
         for listener in self.listeners:
             listener("rebuilt", self.state.last_rebuild)
 
+    def _discard_ghosts(self, identity: MapIdentity) -> int:
+        """Close the pools the map holds for this member that its record does not: after the map came
+        back from an older copy, those are pools this member has released since (and another member
+        may hold their subnets now, and be re-asserting them). Returns how many."""
+        assert self.record is not None
+        member = self.shared.member
+        ghosts = [p for p in self.shared.pools() if p.owner == member and self.record.pool(p.subnet, p.scope) is None]
+        dropped = sum(self.shared.discard(pool.subnet, pool.scope, identity) for pool in ghosts)
+        self.shared.cleaned(identity)
+        return dropped
+
+    def _wait_for_owners(self, owners: set[str]) -> bool:
+        """Wait until the expected members among ``owners`` have dropped what they released since, or the
+        map stops recovering (at most one window); whether any of them is expected, so worth a retry."""
+        deadline = time.monotonic() + max(self.window, 0.0)
+        status = self.shared.status(alive_within=self.alive_within)
+        if not owners & status.expected:
+            return False  # not members that will re-assert: their blocks stay, and so do the conflicts
+        while time.monotonic() < deadline and not self._stopping.is_set():
+            if not (owners & status.expected) - status.cleaned or status.recovering_until is None:
+                break
+            self._stopping.wait(0.05)
+            status = self.shared.status(alive_within=self.alive_within)
+        return True
+
     def _recorded_identity(self) -> MapIdentity | None:
         if self.record is None:
             return None
         map_id = self.record.setting(MAP_ID)
-        return MapIdentity(map_id, int(self.record.setting(MAP_GEN) or 0)) if map_id else None
+        if not map_id:
+            return None
+        return MapIdentity(map_id, int(self.record.setting(MAP_GEN) or 0), int(self.record.setting(MAP_OWN) or 0))
 
     def _recorded_settings(self) -> dict[str, str]:
         assert self.record is not None
@@ -391,23 +461,29 @@ class RecoveringStore:
         owner: str,
         share_label: str | None = None,
     ) -> Granted | Overlap | NoFreeSubnet:
-        self._refuse_while_lost()
-        self._refuse_while_settling()
-        result: Granted | Overlap | NoFreeSubnet = self._shared(
-            self.shared.open_pool, target, scope=scope, label=label, owner=owner, share_label=share_label
-        )
-        if isinstance(result, Granted) and self.record is not None:
-            self.record.keep_pool(result.pool)
-        return result
+        self._ensure_started()
+        with self._changes:
+            self._refuse_while_lost()
+            self._refuse_while_settling()
+            result: Granted | Overlap | NoFreeSubnet = self._shared(
+                self.shared.open_pool, target, scope=scope, label=label, owner=owner, share_label=share_label
+            )
+            if isinstance(result, Granted) and self.record is not None:
+                self.record.keep_pool(result.pool)
+            return result
 
     def close_pool(self, subnet: Network, scope: str) -> ClosedPool | None:
         self._ensure_started()
-        with self._releasing:
+        recorded: PoolInfo | None = None
+        with self._changes:
             try:
                 closed: ClosedPool | None = self._shared(self.shared.close_pool, subnet, scope)
             except MapLost:
                 closed = None
-            recorded = self.record.drop_pool(subnet, scope) if self.record is not None else None
+            finally:
+                # Whatever the map answered, the engine is done with it (a network is being removed):
+                # a pool whose release may or may not have landed must never be re-asserted.
+                recorded = self.record.drop_pool(subnet, scope) if self.record is not None else None
         if closed is None and recorded is not None:
             return ClosedPool(recorded, freed=True)  # the lost map no longer had it: released all the same
         if closed is None and self.state.lost is not None:
@@ -415,17 +491,27 @@ class RecoveringStore:
         return closed
 
     def pool(self, subnet: Network, scope: str) -> PoolInfo | None:
-        self._refuse_while_lost()
-        found: PoolInfo | None = self._shared(self.shared.pool, subnet, scope)
+        """The pool; while the map is lost, as this host's record has it (a release reads it first)."""
+        self._ensure_started()
+        if self.state.lost is not None and self.record is not None:
+            return self.record.pool(subnet, scope)
+        try:
+            found: PoolInfo | None = self._shared(self.shared.pool, subnet, scope)
+        except MapLost:
+            if self.record is None:
+                raise
+            return self.record.pool(subnet, scope)
         return found
 
     def claim_address(self, subnet: Network, scope: str, address: Address, note: str = "") -> bool:
-        self._refuse_while_lost()
-        claimed: bool = self._shared(self.shared.claim_address, subnet, scope, address, note)
-        if self.record is not None:
-            # Claimed now, or already (the same host's, or a replay in a shared pool): either way held.
-            self.record.keep_address(subnet, scope, AddressClaim(address, time.time(), note))
-        return claimed
+        self._ensure_started()
+        with self._changes:
+            self._refuse_while_lost()
+            claimed: bool = self._shared(self.shared.claim_address, subnet, scope, address, note)
+            if self.record is not None:
+                # Claimed now, or already (the same host's, or a replay in a shared pool): either way held.
+                self.record.keep_address(subnet, scope, AddressClaim(address, time.time(), note))
+            return claimed
 
     def claim_next_address(
         self, subnet: Network, scope: str, first: Address, last: Address, serial: bool, note: str = ""
@@ -438,12 +524,15 @@ class RecoveringStore:
 
     def release_address(self, subnet: Network, scope: str, address: Address) -> bool:
         self._ensure_started()
-        with self._releasing:
+        recorded = False
+        with self._changes:
             try:
                 released: bool = self._shared(self.shared.release_address, subnet, scope, address)
             except MapLost:
                 released = False
-            recorded = self.record.drop_address(subnet, scope, int(address)) if self.record is not None else False
+            finally:
+                # As for pools: the engine is done with the address, whatever the map answered.
+                recorded = self.record.drop_address(subnet, scope, int(address)) if self.record is not None else False
         if not released and not recorded and self.state.lost is not None:
             self._refuse_while_lost()
         return released or recorded
@@ -457,8 +546,16 @@ class RecoveringStore:
         return found
 
     def address_claims(self, subnet: Network, scope: str) -> list[AddressClaim]:
-        self._refuse_while_lost()
-        found: list[AddressClaim] = self._shared(self.shared.address_claims, subnet, scope)
+        """The pool's claims; while the map is lost, as this host's record has them."""
+        self._ensure_started()
+        if self.state.lost is not None and self.record is not None:
+            return self.record.address_claims(subnet, scope)
+        try:
+            found: list[AddressClaim] = self._shared(self.shared.address_claims, subnet, scope)
+        except MapLost:
+            if self.record is None:
+                raise
+            return self.record.address_claims(subnet, scope)
         return found
 
     def ping(self) -> None:
@@ -471,11 +568,13 @@ class RecoveringStore:
         return value
 
     def make_setting(self, name: str, value: str) -> str:
-        self._refuse_while_lost()
-        stored: str = self._shared(self.shared.make_setting, name, value)
-        if self.record is not None:
-            self.record.remember(name, stored)
-        return stored
+        self._ensure_started()
+        with self._changes:
+            self._refuse_while_lost()
+            stored: str = self._shared(self.shared.make_setting, name, value)
+            if self.record is not None:
+                self.record.remember(name, stored)
+            return stored
 
     def close(self) -> None:
         self._stopping.set()

@@ -8,7 +8,7 @@ from typing import Any
 
 import stores
 from mini_ipam.allocator import DEFAULT_PARENT4, DEFAULT_SIZE4, DEFAULT_SIZE6, Settings
-from mini_ipam.presence import CHECK_EVERY
+from mini_ipam.presence import check_interval
 
 
 class CommandError(Exception):
@@ -74,4 +74,4 @@ def age(seconds: float) -> str:
 def recovery_window(args: argparse.Namespace) -> float:
     """``--recovery-window``, by default a little over one look at the map by every driver's heartbeat."""
     window: float | None = args.recovery_window
-    return min(CHECK_EVERY, args.host_ttl / 3) + 2.0 if window is None else window
+    return check_interval(args.host_ttl) + 2.0 if window is None else window

@@ -234,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
         None,
         "on a shared store, how long a rebuilt (or new) map hands out no new subnet unless every host has "
         "re-asserted its claims first, and how long after a server change this driver claims none "
-        "(default: a little over one look at the map by every driver's heartbeat: 4s)",
+        "(default: a little over one look at the map by every driver's heartbeat, host-ttl / 15 + 2s: 4s)",
         duration,
         metavar="DURATION",
     )

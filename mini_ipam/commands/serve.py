@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from mini_ipam.metrics import Metrics
 from mini_ipam.operations import Operations
 from mini_ipam.operator_app import create_operator_app
 from mini_ipam.operator_listener import ListenerError, OperatorListener
-from mini_ipam.presence import CHECK_EVERY, HostPresence
+from mini_ipam.presence import HostPresence
 from mini_ipam.server import SocketInUse
 from mini_ipam.server import serve as run_server
 from mini_ipam.timed_store import TimedStore
@@ -101,7 +100,7 @@ def _watch_for_twins(store: stores.Store, host_id: str, ttl: float) -> HostPrese
     looks at the map, so an idle driver finds a lost map too."""
     if not store.traits.shared:
         return None
-    checks = [functools.partial(store.check_if_idle, CHECK_EVERY)] if isinstance(store, stores.Rebuilding) else []
+    checks = [store.check] if isinstance(store, stores.Rebuilding) else []
     presence = HostPresence(store, host_id, ttl=ttl, also=checks)
     presence.start()
     return presence

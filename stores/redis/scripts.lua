@@ -29,28 +29,32 @@ Calling convention (EVALSHA sha 1 KEYS[1] ARGV...)
            none. See "Abandoned requests" below.
   ARGV[5]  the map's id as the caller knows it, or "*" for a reader that knows none
            (allowed for the operations that change nothing). See "The map's identity".
-  ARGV[6]  the highest generation of the map the caller has seen ("0" if none)
+  ARGV[6]  "<seen> <own>": the highest generation of the map the caller has seen, and
+           the generation its own last change made ("0 0" for none)
   ARGV[7]  the calling host (an owner string)
   ARGV[8]  request ids, separated by spaces, whose replies the caller has received:
            their undo records are no longer needed and are deleted
   ARGV[9…] the operation's arguments, listed above each operation
 
 Every reply is an array: the server time (Unix microseconds, as a string), the
-map's generation, then a status word, then the operation's values. The time lets
+map's generation, the generation of the caller's own last change as the map
+recorded it, then a status word, then the operation's values. The time lets
 the caller track the offset between its clock and the server's, from which it
 computes deadlines.
 
 The map's identity
   P.."map" holds the map's "id" (random, made once with the map), its "gen"
   (counted up by every call that changes the map), "made" (when, server time µs),
-  "from" (the id of the map this one replaced, if any) and, while the map is
-  being rebuilt after a loss, "until" (server time µs). A call (other than the
-  identity operations below and "abandon") whose map id is not the map's, or
-  whose generation seen is above the map's, or that finds no P.."map" at all,
-  changes nothing and replies {now, gen, "lost", why, map id or "", gen}: the
-  map was flushed, evicted, restored from an older copy, or replaced by another
-  host's recovery. Such a caller re-asserts what it holds ("restore") before it
-  claims anything again.
+  "from" (the id of the map this one replaced, if any), "m:"..host (the generation
+  of each host's last change) and, while the map is being rebuilt after a loss,
+  "until" (server time µs). A call (other than the identity operations below and
+  "abandon") whose map id is not the map's, or whose generation seen is above the
+  map's, or whose own last change is above what the map recorded for its host
+  (other hosts' changes since an older copy was restored cannot hide that one),
+  or that finds no P.."map" at all, changes nothing and replies
+  {now, gen, own, "lost", why, map id or "", gen}: the map was flushed, evicted,
+  restored from an older copy, or replaced by another host's recovery. Such a
+  caller re-asserts what it holds ("restore") before it claims anything again.
 
   While "until" is set the map is *recovering*: new blocks (open_exact,
   open_any) and next addresses in pools the caller does not own (claim_next)
@@ -79,6 +83,8 @@ ipaddress writes it)
   P.."map"                     hash   the map's identity (see above)
   P.."expect", P.."restored"   set    while recovering: hosts expected to re-assert, and
                                       those that have
+  P.."cleaned"                 set    while recovering: hosts that dropped the pools they had
+                                      released since the copy the map came back from
   P.."alive"                   zset   host -> server time (s) of its last heartbeat
   P.."probe"                   string written by "status" to prove the server takes writes
 
@@ -557,31 +563,46 @@ end
 -- ---------------------------------------------------------------------------
 
 -- Arguments: probe ("1": write P.."probe", to prove the server takes writes), alive since (s)
--- Reply after the time and generation: {"map", id or "", gen, made, till or "0", from, live hosts (space-separated)}
+-- Reply after the time and generation: {"map", id or "", gen, made, till or "0", from,
+--      live hosts (space-separated), the generation of the caller's last change,
+--      hosts expected to re-assert, hosts that have, hosts that dropped what they had released
+--      (while recovering; space-separated)}
 function ops.status(P, a, _, now)
   if a[1] == '1' then
     redis.call('SET', P .. 'probe', int_text(now), 'PX', 60000)
   end
-  local m = redis.call('HMGET', P .. 'map', 'id', 'gen', 'made', 'until', 'from')
+  local m = redis.call('HMGET', P .. 'map', 'id', 'gen', 'made', 'until', 'from', 'm:' .. CALLER)
   local alive = redis.call('ZRANGEBYSCORE', P .. 'alive', a[2], '+inf')
-  return { 'map', m[1] or '', m[2] or '0', m[3] or '0', m[4] or '0', m[5] or '', table.concat(alive, ' ') }
+  local expect = table.concat(redis.call('SMEMBERS', P .. 'expect'), ' ')
+  local restored = table.concat(redis.call('SMEMBERS', P .. 'restored'), ' ')
+  local cleaned = table.concat(redis.call('SMEMBERS', P .. 'cleaned'), ' ')
+  return {
+    'map', m[1] or '', m[2] or '0', m[3] or '0', m[4] or '0', m[5] or '', table.concat(alive, ' '), m[6] or '0',
+    expect, restored, cleaned,
+  }
 end
 
 -- Arguments: known id ("" for none), window (µs; 0 for none), new id, then
 --            "expect", the hosts to wait for..., "settings", name, value, ...
--- Reply after the time and generation: {"made" | "joined", id, gen, till or "0"}
+-- Reply after the time and generation: {"made" | "joined", id, gen, till or "0", the caller's own last change}
 -- Makes the map when there is none, or replaces one that went back in generation
--- (the caller's ARGV[6] is above its gen and its id is the caller's), as a
--- recovering map; otherwise joins the map there is.
-function ops.recover(P, a, _, now, seen)
+-- (its id is the caller's, and the caller has seen a later generation, or made a later
+-- change, than the map has), as a recovering map; otherwise joins the map there is.
+function ops.recover(P, a, _, now, seen, host, own)
   local map = P .. 'map'
   local known, window, new_id = a[1], tonumber(a[2]), a[3]
-  local m = redis.call('HMGET', map, 'id', 'gen')
-  if m[1] and not (m[1] == known and tonumber(m[2]) < seen) then
-    return { 'joined', m[1], m[2], redis.call('HGET', map, 'until') or '0' }
+  local m = redis.call('HMGET', map, 'id', 'gen', 'm:' .. host)
+  local behind = tonumber(m[2] or '0') < seen or tonumber(m[3] or '0') < own
+  if m[1] and not (m[1] == known and behind) then
+    return { 'joined', m[1], m[2], redis.call('HGET', map, 'until') or '0', m[3] or '0' }
   end
   local gen = math.max(tonumber(m[2] or '0'), seen) + 1
-  redis.call('DEL', P .. 'expect', P .. 'restored')
+  redis.call('DEL', P .. 'expect', P .. 'restored', P .. 'cleaned')
+  for _, field in ipairs(redis.call('HKEYS', map)) do
+    if string.sub(field, 1, 2) == 'm:' then
+      redis.call('HDEL', map, field) -- the members' last changes were in the map this one replaces
+    end
+  end
   redis.call('HSET', map, 'id', new_id, 'gen', int_text(gen), 'made', int_text(now), 'from', known)
   local till = '0'
   if window > 0 then
@@ -603,7 +624,7 @@ function ops.recover(P, a, _, now, seen)
       redis.call('HSETNX', P .. 'settings', a[j], a[j + 1])
     end
   end
-  return { 'made', new_id, int_text(gen), till }
+  return { 'made', new_id, int_text(gen), till, '0' }
 end
 
 -- Arguments: family, bits, scope, block_json, pool_json, then (rel, address_json) pairs
@@ -653,6 +674,16 @@ end
 ops.restore_setting = ops.make_setting
 
 -- Arguments: none (the host is ARGV[7])
+-- Reply after the time and generation: {"map"}
+-- Says the caller has dropped the pools it released since the copy the map came back from.
+function ops.cleaned(P, _, _, _, _, host)
+  if redis.call('HEXISTS', P .. 'map', 'until') == 1 then
+    redis.call('SADD', P .. 'cleaned', host)
+  end
+  return { 'map' }
+end
+
+-- Arguments: none (the host is ARGV[7])
 -- Reply after the time and generation: {"map", till or "0"}
 function ops.restored(P, _, _, now, _, host)
   local till = redis.call('HGET', P .. 'map', 'until')
@@ -660,7 +691,7 @@ function ops.restored(P, _, _, now, _, host)
     redis.call('SADD', P .. 'restored', host)
     if recovered(P, till, now) then
       redis.call('HDEL', P .. 'map', 'until')
-      redis.call('DEL', P .. 'expect', P .. 'restored')
+      redis.call('DEL', P .. 'expect', P .. 'restored', P .. 'cleaned')
       till = nil
     end
   end
@@ -765,7 +796,9 @@ local time = redis.call('TIME')
 local stamp = time[1] .. string.format('%06d', tonumber(time[2]))
 local now = tonumber(stamp)
 local deadline = tonumber(ARGV[3])
-local P, id, known, seen = ARGV[2], ARGV[4], ARGV[5], tonumber(ARGV[6])
+local P, id, known = ARGV[2], ARGV[4], ARGV[5]
+local seen_text, own_text = string.match(ARGV[6], '^(%d+) (%d+)$')
+local seen, own = tonumber(seen_text), tonumber(own_text)
 CALLER = ARGV[7]
 if ARGV[8] ~= '' then
   local done = {}
@@ -775,47 +808,50 @@ if ARGV[8] ~= '' then
   redis.call('DEL', unpack(done))
 end
 local map = P .. 'map'
-local m = redis.call('HMGET', map, 'id', 'gen', 'until')
-local gen = m[2] or '0'
+local m = redis.call('HMGET', map, 'id', 'gen', 'until', 'm:' .. CALLER)
+local gen, mine = m[2] or '0', m[4] or '0'
 if deadline > 0 and now > deadline then
   -- The caller has given up waiting: running now would change the map behind its back.
-  return { stamp, gen, 'expired' }
+  return { stamp, gen, mine, 'expired' }
 end
 if MUTATING[name] and id ~= '' and redis.call('EXISTS', P .. 'req:' .. id) == 1 then
   -- Abandoned by the caller before it got here: running now would change the map behind its back.
-  return { stamp, gen, 'expired' }
+  return { stamp, gen, mine, 'expired' }
 end
 if not UNCHECKED[name] and not (known == '*' and READS[name]) then
   if not m[1] then
-    return { stamp, gen, 'lost', 'absent', '', gen }
+    return { stamp, gen, mine, 'lost', 'absent', '', gen }
   end
   if m[1] ~= known then
-    return { stamp, gen, 'lost', 'replaced', m[1], gen }
+    return { stamp, gen, mine, 'lost', 'replaced', m[1], gen }
   end
-  if tonumber(gen) < seen then
-    return { stamp, gen, 'lost', 'behind', m[1], gen }
+  if tonumber(gen) < seen or tonumber(mine) < own then
+    return { stamp, gen, mine, 'lost', 'behind', m[1], gen }
   end
 end
 if m[3] then
   if recovered(P, m[3], now) then
     redis.call('HDEL', map, 'until')
-    redis.call('DEL', P .. 'expect', P .. 'restored')
+    redis.call('DEL', P .. 'expect', P .. 'restored', P .. 'cleaned')
   else
     RECOVERING = m[3]
     if GATED[name] then
-      return { stamp, gen, 'recovering', m[3] }
+      return { stamp, gen, mine, 'recovering', m[3] }
     end
   end
 end
 local args = { unpack(ARGV, 9) }
-local reply = op(P, args, id, now, seen, CALLER)
+local reply = op(P, args, id, now, seen, CALLER, own)
 if reply.err then
   return reply
 end
 if CHANGED[reply[1]] and not (reply[1] == 'granted' and reply[6] == 0) then
   gen = tostring(redis.call('HINCRBY', map, 'gen', 1))
+  mine = gen
+  redis.call('HSET', map, 'm:' .. CALLER, mine)
 elseif name == 'recover' then
   gen = reply[3]
+  mine = redis.call('HGET', map, 'm:' .. CALLER) or '0'
 end
 local undo = undo_of[name]
 if undo and id ~= '' then
@@ -824,6 +860,7 @@ if undo and id ~= '' then
     redis.call('SET', P .. 'req:' .. id, cjson.encode(record), 'EX', REQUEST_TTL)
   end
 end
+table.insert(reply, 1, mine)
 table.insert(reply, 1, gen)
 table.insert(reply, 1, stamp)
 return reply

@@ -38,27 +38,37 @@ class ServerWatch:
         self._listeners.append(listener)
 
     def on_connect(self, connection: Any) -> None:
-        """redis-py's connect hook: the usual handshake, then ``INFO server``."""
+        """redis-py's connect hook: the usual handshake, then ``INFO server``.
+
+        The first connection that finds another server fails (ConnectionError), so that the
+        command it was made for is not sent: whoever listens has settled first (no new blocks
+        for a while), and the next call's connection goes through.
+        """
         connection.on_connect()
         connection.send_command("INFO", "server")
         info = connection.read_response()
         match = _RUN_ID.search(info if isinstance(info, bytes) else str(info).encode())
         if match is None:
             return  # not a server that says (a proxy): nothing to compare
-        self.seen(match.group(1).decode())
+        if self.seen(match.group(1).decode()):
+            raise redis.ConnectionError(
+                "the server behind this address changed (it restarted, or another took over); try again"
+            )
 
-    def seen(self, run_id: str) -> None:
-        """Record the run id one connection (or a script's reply) found."""
+    def seen(self, run_id: str) -> bool:
+        """Record the run id one connection (or a script's reply) found; whether it is another server's."""
         with self._lock:
             old = self.run_id
             if old == run_id:
-                return
+                return False
             self.run_id = run_id
             if old is not None:
                 self.changed_at = time.monotonic()
-        if old is not None:
-            for listener in self._listeners:
-                listener(old, run_id)
+        if old is None:
+            return False
+        for listener in self._listeners:
+            listener(old, run_id)
+        return True
 
 
 def durability_warnings(client: redis.Redis) -> list[str]:

@@ -196,7 +196,6 @@ class RedisStore:
         self._identity: MapIdentity | None = None
         self._identity_lock = threading.Lock()
         self.auto_attach = True  # attach at the first call; off when a RecoveringStore attaches it
-        self.last_checked = 0.0  # time.monotonic() of the last reply that proved the map's identity
         self._answered: deque[str] = deque()  # request ids whose replies arrived, to confirm
 
     @classmethod
@@ -498,7 +497,8 @@ class RedisStore:
             identity = self._identity
         known = "*" if identity is None else identity.id
         confirmed = " ".join(self._take_answered()) if request and op != "abandon" else ""
-        header: list[str | int] = [op, self._keys, 0, request, known, identity.gen if identity else 0, self.member]
+        seen = f"{identity.gen} {identity.own}" if identity else "0 0"
+        header: list[str | int] = [op, self._keys, 0, request, known, seen, self.member]
         header.append(confirmed)
         sent = time.monotonic()
         if deadline:
@@ -511,9 +511,9 @@ class RedisStore:
             else:
                 raw = self._script(keys=self._anchor, args=[*header, *args])
         received = time.monotonic()
-        if not isinstance(raw, list) or len(raw) < 3:
+        if not isinstance(raw, list) or len(raw) < 4:
             raise CorruptState(f"unexpected reply {raw!r} from the mini-ipam script on {self._where}")
-        stamp, gen, *reply = [codec.text(item) if isinstance(item, bytes) else item for item in raw]
+        stamp, gen, own, *reply = [codec.text(item) if isinstance(item, bytes) else item for item in raw]
         self._observe(int(stamp), sent, received)
         status = reply[0]
         if status == "expired":
@@ -532,8 +532,7 @@ class RedisStore:
                 until,
             )
         if identity is self._identity:
-            self._saw_generation(int(gen))
-            self.last_checked = received  # the script checked the map's identity in this very call
+            self._saw_generation(int(gen), int(own))
         if durable:
             self._check_durable(request, waited)
         return reply
@@ -585,18 +584,20 @@ class RedisStore:
         text = {
             "absent": "it has no identity any more: the data was flushed, evicted, or the server came back empty",
             "replaced": f"it is another map now (id {found_id}), made by a member that found it lost",
-            "behind": f"it went back to generation {found_gen} from {known.gen if known else 0}: the server came "
-            "back from an older copy, or a replica without the latest writes took over",
+            "behind": "it went back to an older generation than this driver saw (the map's is "
+            f"{found_gen}, this driver saw {known.gen if known else 0}, its own last change "
+            f"{known.own if known else 0}): the server came back from an older copy, or a replica "
+            "without the latest writes took over",
         }.get(why, why)
         return MapLost(f"the address map on redis at {self._where} was lost: {text}", why, found)
 
-    def _saw_generation(self, gen: int) -> None:
+    def _saw_generation(self, gen: int, own: int) -> None:
         identity = self._identity
-        if identity is not None and gen > identity.gen:
+        if identity is not None and (gen > identity.gen or own > identity.own):
             with self._identity_lock:
                 current = self._identity
-                if current is not None and current.id == identity.id and gen > current.gen:
-                    self._identity = MapIdentity(current.id, gen)
+                if current is not None and current.id == identity.id:
+                    self._identity = MapIdentity(current.id, max(gen, current.gen), max(own, current.own))
 
     # -- the map's identity -----------------------------------------------
 
@@ -671,9 +672,9 @@ class RedisStore:
             args += [name, value]
         self._settle()
         reply = self._send("recover", "", args, deadline=False, identity=known)
-        made, map_id, gen, until = reply[0] == "made", reply[1], int(reply[2]), int(reply[3])
+        made, map_id, gen, until, own = reply[0] == "made", reply[1], int(reply[2]), int(reply[3]), int(reply[4])
         return (
-            MapStatus(MapIdentity(map_id, gen), recovering_until=until / 1e6 if until else None, replaced=""),
+            MapStatus(MapIdentity(map_id, gen, own), recovering_until=until / 1e6 if until else None, replaced=""),
             made,
         )
 
@@ -694,6 +695,17 @@ class RedisStore:
             _, family, bits, held_json = reply
             return Overlap(codec.block(codec.network(family, bits), held_json))
         return int(reply[1])
+
+    def discard(self, subnet: Network, scope: str, identity: MapIdentity) -> bool:
+        """Close a pool of the map ``identity`` (a recovering one, before this store adopts it): a pool the
+        map holds that its owner's record does not (released after the copy the map came back from)."""
+        reply = self._change("close", subnet.version, codec.bits(subnet), scope, identity=identity)
+        return bool(reply[0] == "closed")
+
+    def cleaned(self, identity: MapIdentity) -> None:
+        """Say this member has dropped, from the recovering map ``identity``, what it had released."""
+        self._settle()
+        self._send("cleaned", "", (), identity=identity)
 
     def restore_setting(self, name: str, value: str, identity: MapIdentity) -> str:
         """Put a setting back into the map ``identity`` unless another value is stored; the stored value."""
@@ -774,12 +786,15 @@ def _hint(message: str) -> str:
 
 
 def _status(fields: Sequence[Any]) -> MapStatus:
-    """A MapStatus from the "status" reply: id, gen, made, until, from, alive members."""
-    map_id, gen, made, until, replaced, alive = fields
+    """A MapStatus from the "status" reply: id, gen, made, until, from, alive members, the member's own."""
+    map_id, gen, made, until, replaced, alive, own, expected, restored, cleaned = fields
     return MapStatus(
-        MapIdentity(map_id, int(gen)) if map_id else None,
+        MapIdentity(map_id, int(gen), int(own)) if map_id else None,
         made=int(made) / 1e6,
         recovering_until=int(until) / 1e6 if int(until) else None,
         replaced=replaced,
         alive=frozenset(str(alive).split()),
+        expected=frozenset(str(expected).split()),
+        restored=frozenset(str(restored).split()),
+        cleaned=frozenset(str(cleaned).split()),
     )

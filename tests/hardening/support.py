@@ -190,7 +190,7 @@ def check_redis_keys(client: Any, prefix: str) -> dict[tuple[str, str], set[str]
         kind, _, rest = key[len(head) :].partition(":")
         kinds.setdefault(kind, set()).add(rest)
     unknown = set(kinds) - {"slot", "pools", "addrs", "atree", "tree", "settings", "host", "twins", "req", "map",
-                            "alive", "probe", "expect", "restored"}  # fmt: skip
+                            "alive", "probe", "expect", "restored", "cleaned"}  # fmt: skip
     assert not unknown, f"unexpected kinds of keys: {unknown}"
     slots, pool_keys = kinds.get("slot", set()), kinds.get("pools", set())
     assert slots == pool_keys, f"slots without pools: {slots - pool_keys}; pools without a slot: {pool_keys - slots}"
