@@ -15,7 +15,7 @@ from mini_ipam.allocator import Allocator, PoolRequest, Settings
 from mini_ipam.unix_http import get_json
 from stores import Store, from_url
 from tests.driver_process import DriverProcess, call
-from tests.servers import RedisServer
+from tests.servers import RedisServer, family_params
 
 PARENT = "10.60.0.0/22"
 net = ipaddress.ip_network
@@ -48,11 +48,11 @@ def check_inventory(inventory: dict[str, Any]) -> None:
     assert first["space"] == "local" and first["age_seconds"] >= 0
 
 
-@pytest.fixture(params=["file", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(params=["file", *family_params()])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "file":
         return f"file://{tmp_path}/state.json"
-    server: RedisServer = request.getfixturevalue("redis_server")
+    server: RedisServer = request.getfixturevalue("redis_servers").get(request.param)
     return f"{server.url}?prefix=ops{abs(hash(str(tmp_path)))}"
 
 

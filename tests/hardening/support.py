@@ -5,13 +5,12 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
-import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from stores import Network, Store
-from tests.servers import RedisServer, require_binary, wait_until
+from tests.servers import RedisServer
 
 Snapshot = tuple[tuple[Any, ...], tuple[Any, ...], tuple[Any, ...]]
 
@@ -160,19 +159,9 @@ def request_bytes(method: str, body: bytes = b"", headers: dict[str, str] | None
 
 
 class DurableRedis(RedisServer):
-    """A redis-server with an append-only file synced on every write: a kill -9 loses no acknowledged write."""
+    """A server with an append-only file synced on every write: a kill -9 loses no acknowledged write."""
 
-    def start(self) -> None:
-        binary = require_binary("redis-server")
-        if self.socket.exists():
-            self.socket.unlink()  # left by a killed server
-        self.process = subprocess.Popen(
-            [binary, "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
-             "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.directory)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        wait_until(self.ping, what="redis-server to answer PING")
+    options = ("--appendonly", "yes", "--appendfsync", "always")
 
 
 def _text(value: bytes | str) -> str:

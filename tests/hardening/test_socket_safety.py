@@ -259,18 +259,9 @@ def test_help_and_errors_never_show_the_password(tmp_path: Path) -> None:
 
 
 class PasswordRedis(RedisServer):
-    """A redis-server that wants a password."""
+    """A server that wants a password."""
 
-    def start(self) -> None:
-        from tests.servers import require_binary, wait_until
-
-        binary = require_binary("redis-server")
-        self.process = subprocess.Popen(
-            [binary, "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700", "--save", "",
-             "--appendonly", "no", "--dir", str(self.directory), "--requirepass", "rightpass"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        wait_until(lambda: self.socket.exists(), what="redis-server to open its socket")
+    options = ("--requirepass", "rightpass")
 
 
 @pytest.mark.redis
