@@ -33,6 +33,7 @@ class Deployment:
         settings: Sequence[str] = (),
         unix_socket: bool = False,
         extra_ports: Sequence[str] = (),
+        password: str | None = None,
     ) -> Node:
         """A new node in ``root / name`` (not started); see ``Node`` for the options."""
         node = Node(
@@ -42,6 +43,7 @@ class Deployment:
             settings=settings,
             unix_socket=unix_socket,
             extra_ports=extra_ports,
+            password=password,
         )
         self.nodes.append(node)
         return node

@@ -43,7 +43,8 @@ class Node:
     bind, dir, log, no persistence); ``unix_socket`` also opens a socket at
     ``directory / "s.sock"``. ``extra_ports`` names further settings that need a
     free port of their own (``cluster-port``); they are picked with the main
-    port and kept across restarts.
+    port and kept across restarts. ``password`` is the default user's
+    (``requirepass``): the node's own clients authenticate with it.
     """
 
     def __init__(
@@ -55,8 +56,10 @@ class Node:
         settings: Sequence[str] = (),
         unix_socket: bool = False,
         extra_ports: Sequence[str] = (),
+        password: str | None = None,
     ) -> None:
         self.family = family
+        self.password = password
         self.directory = directory
         self.sentinel = sentinel
         self.settings = list(settings)
@@ -115,11 +118,17 @@ class Node:
     # -- clients ------------------------------------------------------------------
 
     def client(self, **options: Any) -> redis.Redis:
-        """A plain redis-py client of its TCP port (5 s timeouts, no retries unless ``options`` say so)."""
+        """A plain redis-py client of its TCP port (5 s timeouts, no retries, the node's password, unless
+        ``options`` say otherwise)."""
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
-        settings: dict[str, Any] = {"socket_timeout": 5, "socket_connect_timeout": 5, "retry": Retry(NoBackoff(), 0)}
+        settings: dict[str, Any] = {
+            "socket_timeout": 5,
+            "socket_connect_timeout": 5,
+            "retry": Retry(NoBackoff(), 0),
+            "password": self.password,
+        }
         settings.update(options)
         return redis.Redis(HOST, self.port, **settings)
 
@@ -233,6 +242,8 @@ class Node:
             if self.socket is not None:
                 lines += [f"unixsocket {self.socket}", "unixsocketperm 700"]
         lines += [f"{name} {port}" for name, port in self.extra_ports.items()]
+        if self.password is not None:
+            lines.append(f"requirepass {self.password}")
         lines += self.settings
         self.config_file.write_text("\n".join(lines) + "\n")
 

@@ -32,8 +32,9 @@ class SentinelSetup(Deployment):
 
     ``down_after`` (ms) is how long the primary must be silent before a sentinel
     thinks it down; ``failover_timeout`` (ms) bounds a failover (and delays a
-    retry). ``persistence`` applies to every data node. ``sentinel_settings``
-    are further lines for each sentinel's config (``requirepass ...``).
+    retry). ``persistence`` applies to every data node. ``sentinel_password``
+    makes the sentinels want a password of their own (``requirepass``: clients
+    pass it in ``sentinel_kwargs``); the data nodes still want none.
 
     ``start`` returns once every replica is in sync and every sentinel knows the
     primary, every replica and every other sentinel.
@@ -49,13 +50,12 @@ class SentinelSetup(Deployment):
         down_after: int = 1000,
         failover_timeout: int = 3000,
         persistence: Persistence = NO_PERSISTENCE,
-        sentinel_settings: Sequence[str] = (),
+        sentinel_password: str | None = None,
     ) -> None:
         super().__init__(family)
         self.quorum = quorum
         self.down_after = down_after
         self.failover_timeout = failover_timeout
-        self.sentinel_settings = list(sentinel_settings)
         common = [
             *persistence.settings(),
             f"user {REPLICATION_USER} on >{_REPLICATION_PASSWORD} ~* &* +@all",
@@ -65,7 +65,9 @@ class SentinelSetup(Deployment):
         ]
         self.data_nodes = [self.add_node("p", settings=common)]
         self.data_nodes += [self.add_node(f"r{number}", settings=common) for number in range(replicas)]
-        self.sentinels = [self.add_node(f"s{number}", sentinel=True) for number in range(sentinels)]
+        self.sentinels = [
+            self.add_node(f"s{number}", sentinel=True, password=sentinel_password) for number in range(sentinels)
+        ]
 
     # -- start --------------------------------------------------------------------
 
@@ -82,7 +84,6 @@ class SentinelSetup(Deployment):
                 f"sentinel down-after-milliseconds {SERVICE} {self.down_after}",
                 f"sentinel failover-timeout {SERVICE} {self.failover_timeout}",
                 f"sentinel parallel-syncs {SERVICE} 1",
-                *self.sentinel_settings,
             ]
             sentinel.start()
         wait_until(self._sentinels_see_everything, timeout=30, what="every sentinel to know the whole setup")
