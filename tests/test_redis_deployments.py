@@ -14,7 +14,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import MasterNotFoundError, Sentinel
 
 from tests.redis_deployments import (
     AOF_ALWAYS,
@@ -244,6 +244,25 @@ def test_a_demoted_primary_refuses_writes_as_a_read_only_replica(sentinel_setup:
     finally:
         client.close()
         sentinel.close()
+
+
+def test_sentinels_with_a_password_of_their_own_want_it_in_sentinel_kwargs(redis_family: ServerFamily) -> None:
+    with SentinelSetup(redis_family, sentinel_password="sentinel-secret") as setup:
+        bounded = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0, "retry": Retry(NoBackoff(), 0)}
+        for wrong in (bounded, {**bounded, "password": "not-it"}):
+            refused = Sentinel(setup.sentinel_addresses, sentinel_kwargs=wrong, **bounded)
+            with pytest.raises(MasterNotFoundError):
+                refused.discover_master(SERVICE)
+            refused.close()
+        with_password = {**bounded, "password": "sentinel-secret"}
+        allowed = Sentinel(setup.sentinel_addresses, sentinel_kwargs=with_password, **bounded)
+        client = allowed.master_for(SERVICE)  # the data nodes want no password
+        try:
+            assert allowed.discover_master(SERVICE) == setup.primary_address()
+            assert client.set("written", "1")
+        finally:
+            client.close()
+            allowed.close()
 
 
 # -- Cluster ------------------------------------------------------------------------------------
