@@ -201,17 +201,37 @@ class RedisProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_until(self.ping, timeout=timeout, what=f"{self.binary} to answer PING")
+        wait_until(self.answers, timeout=timeout, what=f"{self.binary} to answer")
         return self
 
-    def ping(self) -> bool:
-        """Whether the server answers PING now."""
+    def answers(self) -> bool:
+        """Whether the server answers at all (a reply that is an error counts: one wanting a password is up)."""
         import redis
 
+        if self.process is not None and self.process.poll() is not None:
+            raise AssertionError(f"{self.binary} exited with {self.process.returncode} at start-up")
+        client = redis.Redis(unix_socket_path=str(self.socket), socket_timeout=0.5)
         try:
-            return bool(self.client(timeout=0.5).ping())
+            client.ping()
+        except (redis.AuthenticationError, redis.ResponseError):
+            return True
         except (redis.RedisError, OSError):
             return False
+        finally:
+            client.close()
+        return True
+
+    def ping(self) -> bool:
+        """Whether the server answers PING with PONG now."""
+        import redis
+
+        client = self.client(timeout=0.5)
+        try:
+            return bool(client.ping())
+        except (redis.RedisError, OSError):
+            return False
+        finally:
+            client.close()
 
     def client(self, timeout: float = 5.0) -> Any:
         """A redis-py client of this server."""

@@ -137,8 +137,10 @@ def replica(tmp_path: Path) -> Iterator[tuple[RedisServer, RedisServer]]:
             return int(probe.getsockname()[1])
 
     primary_port = port()
-    primary = RedisServer(tmp_path / "p", "--port", str(primary_port))
-    follower = RedisServer(tmp_path / "r", "--port", str(port()), "--replicaof", "127.0.0.1", str(primary_port))
+    primary = RedisServer(tmp_path / "p", options=("--port", str(primary_port)))
+    follower = RedisServer(
+        tmp_path / "r", options=("--port", str(port()), "--replicaof", "127.0.0.1", str(primary_port))
+    )
     for node in (primary, follower):
         node.directory.mkdir()
         node.start()
@@ -191,7 +193,7 @@ def test_settings_that_could_lose_or_evict_claims_are_warned_about(tmp_path: Pat
         ("--appendonly", "yes", "--appendfsync", "always"): None,
     }
     for number, (flags, warning) in enumerate(cases.items()):
-        redis = RedisServer(tmp_path / f"r{number}", *flags)
+        redis = RedisServer(tmp_path / f"r{number}", options=flags)
         redis.directory.mkdir()
         redis.start()
         driver = DriverProcess(tmp_path / f"w{number}.sock", "--store", f"{redis.url}?prefix=w", "--pool", PARENT,

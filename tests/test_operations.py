@@ -16,7 +16,7 @@ from mini_ipam.allocator import Allocator, PoolRequest, Settings
 from mini_ipam.unix_http import get_json
 from stores import Store, from_url
 from tests.driver_process import DriverProcess, call
-from tests.servers import RedisServer
+from tests.servers import RedisServer, family_params
 
 PARENT = "10.60.0.0/22"
 net = ipaddress.ip_network
@@ -49,11 +49,11 @@ def check_inventory(inventory: dict[str, Any]) -> None:
     assert first["space"] == "local" and first["age_seconds"] >= 0
 
 
-@pytest.fixture(params=["file", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(params=["file", *family_params()])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "file":
         return f"file://{tmp_path}/state.json"
-    server: RedisServer = request.getfixturevalue("redis_server")
+    server: RedisServer = request.getfixturevalue("redis_servers").get(request.param)
     return f"{server.url}?prefix=ops{abs(hash(str(tmp_path)))}"
 
 
@@ -160,7 +160,7 @@ def metrics_text(sock: str) -> str:
 @pytest.mark.redis
 def test_healthz_is_503_while_the_store_is_away(tmp_path: Path) -> None:
     # A server that keeps every acknowledged write (else /healthz warns), and no recovery window to wait out.
-    server = RedisServer(tmp_path, "--appendonly", "yes", "--appendfsync", "always")
+    server = RedisServer(tmp_path, options=("--appendonly", "yes", "--appendfsync", "always"))
     driver = DriverProcess(
         tmp_path / "mini.sock", "--store", server.url, "--store-timeout", "1", "--recovery-window", "0"
     ).start()

@@ -160,10 +160,9 @@ def request_bytes(method: str, body: bytes = b"", headers: dict[str, str] | None
 
 
 class DurableRedis(RedisServer):
-    """A redis-server with an append-only file synced on every write: a kill -9 loses no acknowledged write."""
+    """A server with an append-only file synced on every write: a kill -9 loses no acknowledged write."""
 
-    def __init__(self, directory: Path) -> None:
-        super().__init__(directory, "--appendonly", "yes", "--appendfsync", "always")
+    options = ("--appendonly", "yes", "--appendfsync", "always")
 
 
 def _text(value: bytes | str) -> str:

@@ -260,13 +260,9 @@ def test_help_and_errors_never_show_the_password(tmp_path: Path) -> None:
 
 
 class PasswordRedis(RedisServer):
-    """A redis-server that wants a password (so it is polled for its socket, not for PING)."""
+    """A server that wants a password."""
 
-    def __init__(self, directory: Path) -> None:
-        super().__init__(directory, "--requirepass", "rightpass")
-
-    def ping(self) -> bool:
-        return self.socket.exists()
+    options = ("--requirepass", "rightpass")
 
 
 @pytest.mark.redis

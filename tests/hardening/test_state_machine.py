@@ -30,7 +30,7 @@ from mini_ipam.errors import AddressNotFound, Conflict, Exhausted, InvalidReques
 from mini_ipam.pool_id import PoolId
 from stores import Address, Network, Store
 from tests.hardening.support import check_map
-from tests.servers import RedisServer
+from tests.servers import RedisServer, over_families
 
 PARENTS4 = (ipaddress.IPv4Network("10.0.0.0/26"), ipaddress.IPv4Network("10.0.1.0/27"))
 PARENTS6 = (ipaddress.IPv6Network("fd00:ab::/122"),)
@@ -543,7 +543,7 @@ def store_maker(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> St
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", [pytest.param(k, marks=[pytest.mark.redis] if k == "redis" else []) for k in RUNS])
+@over_families("kind", RUNS)
 def test_random_sequences_keep_the_store_equal_to_the_model(
     kind: str, request: pytest.FixtureRequest, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
