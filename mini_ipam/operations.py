@@ -8,7 +8,12 @@ from typing import Any, Protocol
 from mini_ipam.allocator import Allocator
 from mini_ipam.errors import IpamError
 from mini_ipam.inventory import Inventory, take_inventory
-from stores import Network, StoreError
+from stores import Network, StoreError, StoreUnavailable
+
+STORE_ADVICE = (
+    "check that the store runs and that this host can reach it (--store, MINI_IPAM_STORE); until it answers, "
+    "every request that needs it is refused and nothing is changed"
+)
 
 
 class TwinWatch(Protocol):
@@ -28,13 +33,18 @@ class Operations:
         self.presence = presence
 
     def health(self) -> tuple[int, dict[str, Any]]:
-        """200 with the store's round-trip time, or 503 when the store does not answer."""
+        """200 with the store's round-trip time, or 503 with the reason while the store does not answer or fails."""
         body: dict[str, Any] = {"host_id": self.allocator.settings.host_id}
         started = time.perf_counter()
         try:
             self.allocator.store.ping()
         except StoreError as exc:
-            body.update(status="unavailable", store="unreachable", error=str(exc))
+            # "unreachable": no answer (come back when it does); "failing": it answered with a failure, such as a
+            # full disk under a file store, whose message says what to do.
+            unreachable = isinstance(exc, StoreUnavailable)
+            body.update(status="unavailable", store="unreachable" if unreachable else "failing", error=str(exc))
+            if unreachable:
+                body["advice"] = STORE_ADVICE
             return 503, body
         body.update(
             status="ok", store="reachable", store_round_trip_ms=round((time.perf_counter() - started) * 1000, 3)

@@ -79,11 +79,16 @@ class FileStore(MemoryStore):
     @classmethod
     def from_url(cls, url: str, *, timeout: float = 5.0, read_only: bool = False) -> FileStore:
         """Open ``file:///absolute/path.json`` (see ``__init__`` for ``read_only``; a local file needs no timeout)."""
+        return cls(cls.path_of(url), read_only=read_only)
+
+    @staticmethod
+    def path_of(url: str) -> str:
+        """The state file a ``file:///absolute/path.json`` URL names; ConfigurationError for any other URL."""
         parts = urlsplit(url)
         path = unquote(parts.path)
-        if parts.netloc not in ("", "localhost") or not path.startswith("/") or parts.query:
+        if parts.netloc not in ("", "localhost") or not path.startswith("/") or path.endswith("/") or parts.query:
             raise ConfigurationError(f"a file store URL is file:///absolute/path.json, not {url!r}")
-        return cls(path, read_only=read_only)
+        return path
 
     @property
     def is_open(self) -> bool:

@@ -10,11 +10,11 @@ import stores
 from mini_ipam import __version__
 from mini_ipam.allocator import Allocator
 from mini_ipam.app import create_app
-from mini_ipam.commands.common import CommandError, open_store, settings_from
+from mini_ipam.commands.common import CommandError, open_store, settings_from, what_to_do
 from mini_ipam.driver import Driver
 from mini_ipam.errors import IpamError
 from mini_ipam.metrics import Metrics
-from mini_ipam.operations import Operations
+from mini_ipam.operations import STORE_ADVICE, Operations
 from mini_ipam.operator_app import create_operator_app
 from mini_ipam.operator_listener import ListenerError, OperatorListener
 from mini_ipam.presence import HostPresence
@@ -29,14 +29,15 @@ def serve(args: argparse.Namespace) -> int:
     """Serve until SIGTERM or SIGINT; exit 0 then."""
     settings = settings_from(args)
     store = open_store(args)
+    answers = _store_answers(store, args)
     presence = _watch_for_twins(store, args.host_id, args.host_ttl)
     metrics = Metrics()
     allocator = Allocator(TimedStore(store, metrics), settings)
-    try:
-        log.info("IPv6 parents: %s", ", ".join(map(str, allocator.parents6)))
-    except IpamError as exc:
-        # An unreachable store must not keep the socket from opening: the engine may be booting.
-        log.warning("IPv6 parents not known yet: %s", exc)
+    if answers:  # else the IPv6 parents are read from the store once it answers
+        try:
+            log.info("IPv6 parents: %s", ", ".join(map(str, allocator.parents6)))
+        except IpamError as exc:
+            log.warning("IPv6 parents not known yet: %s", exc)
     operations = Operations(allocator, presence)
     metrics.watch_health(operations.health)  # before create_app's watch_map: see watch_health
     app = create_app(Driver(allocator), operations=operations, metrics=metrics)
@@ -52,8 +53,13 @@ def serve(args: argparse.Namespace) -> int:
         listener = _operator_listener(args, operations, metrics)
         run_server(app, Path(args.socket), threads=args.threads, group=args.socket_group,
                    on_listening=listener.start if listener else None)  # fmt: skip
-    except (SocketInUse, OSError) as exc:
+    except SocketInUse as exc:
         raise CommandError(f"cannot serve on {args.socket}: {exc}") from None
+    except OSError as exc:
+        reason = exc.strerror.lower() if exc.strerror else str(exc)
+        where = f" ({exc.filename})" if exc.filename and exc.filename != args.socket else ""
+        advice = what_to_do(exc, "--socket PATH")
+        raise CommandError(f"cannot serve on {args.socket}{where}: {reason}{advice}") from None
     finally:
         if listener is not None:
             listener.stop()  # before the store closes: a scrape may be reading it
@@ -64,6 +70,17 @@ def serve(args: argparse.Namespace) -> int:
         except stores.StoreError as exc:  # stopping must still succeed when the store is away
             log.warning("the store did not close cleanly: %s", exc)
     return 0
+
+
+def _store_answers(store: stores.Store, args: argparse.Namespace) -> bool:
+    """Whether the store answers now; if not, a warning: the driver serves anyway, and /healthz says why."""
+    try:
+        store.ping()
+    except stores.StoreError as exc:
+        # An unreachable store must not keep the socket from opening: the engine may be booting, or Redis.
+        log.warning("the store %s does not answer yet (%s): %s", stores.redact_url(args.store), exc, STORE_ADVICE)
+        return False
+    return True
 
 
 def _operator_listener(args: argparse.Namespace, operations: Operations, metrics: Metrics) -> OperatorListener | None:
