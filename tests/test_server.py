@@ -104,8 +104,11 @@ def test_a_corrupt_state_file_stops_start_up_with_one_clear_line(tmp_path: Path)
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert result.returncode == 1
-    assert f"cannot read state file {tmp_path}/state.json" in result.stderr
-    assert "Traceback" not in result.stderr
+    (line,) = result.stderr.splitlines()
+    assert " ERROR mini_ipam: mini-ipam serve: " in line
+    assert f"state file {tmp_path}/state.json is not valid JSON at line 1 column 2" in line
+    assert f"move {tmp_path}/state.json and its journals ({tmp_path}/state.json.*.log) aside" in line
+    assert "run `mini-ipam reconcile --apply`" in line
     assert (tmp_path / "state.json").read_text() == "{broken"
     assert not (tmp_path / "mini.sock").exists()
 
