@@ -179,6 +179,13 @@ class FileStore(MemoryStore):
         except ValueError as exc:
             where = f"line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else "its text"
             raise CorruptState(f"state file {self.path} is not valid JSON at {where}: {exc}") from exc
+        written_as = snapshot.get("format") if isinstance(snapshot, dict) else None
+        if isinstance(written_as, int) and written_as != FORMAT:
+            # Not corrupt: another version's. Moving it aside would lose it; the version that wrote it reads it.
+            raise StoreError(
+                f"state file {self.path} is in format {written_as}, which another version of mini-ipam wrote; this "
+                f"version reads format {FORMAT}: install the version that wrote it (the file is left as it is)"
+            )
         if (
             not isinstance(snapshot, dict)
             or snapshot.get("format") != FORMAT

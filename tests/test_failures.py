@@ -137,6 +137,16 @@ def test_a_corrupt_journal_line_names_the_line_and_how_to_start_again(tmp_path: 
     assert (tmp_path / "state.json.0.log").read_text() == f"{good}\nnot json\n{good}\n"
 
 
+def test_a_state_file_of_another_version_is_not_called_corrupt(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    state.write_text('{"format": 2, "generation": 0, "events": []}')
+    line = refused_start("--socket", f"{tmp_path}/mini.sock", "--store", f"file://{state}")
+    assert line == (f"cannot open the store file://{state}: state file {state} is in format 2, which another version "
+                    "of mini-ipam wrote; this version reads format 1: install the version that wrote it (the file is "
+                    "left as it is)")  # fmt: skip
+    assert state.read_text() == '{"format": 2, "generation": 0, "events": []}'
+
+
 def test_a_live_socket_at_the_path_says_what_to_do(tmp_path: Path) -> None:
     first = DriverProcess(tmp_path / "mini.sock", "--store", "memory://").start()
     try:
