@@ -137,7 +137,10 @@ class RequestRecorder:
         """Record a request: ``label`` is its metric label (only known methods: paths are the client's to choose)."""
         seconds = 0.0 if started is None else time.perf_counter() - started
         self._observe(label, status, error_kind, seconds)
-        level = logging.DEBUG if error is None and method in ADDRESS_METHODS else logging.INFO
+        if status >= 500:  # the driver or its store failed, not the request: something to look at
+            level = logging.WARNING
+        else:
+            level = logging.DEBUG if error is None and method in ADDRESS_METHODS else logging.INFO
         if log.isEnabledFor(level):
             _log_line(level, method, pool, status, error, seconds)
 

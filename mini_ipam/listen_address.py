@@ -7,7 +7,6 @@ is a decision an operator should see spelled out.
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 from dataclasses import dataclass
 
@@ -34,7 +33,7 @@ class ListenAddress:
 
 
 def listen_address(text: str) -> ListenAddress | None:
-    """An argparse type for ``HOST:PORT``, ``[IPV6]:PORT`` included; empty means none.
+    """``HOST:PORT``, ``[IPV6]:PORT`` included, as a ListenAddress; empty means none; ValueError saying why not.
 
     Empty is "off" so that an environment that lists every setting (a managed
     plugin's, an ``EnvironmentFile``) can leave this one blank.
@@ -44,21 +43,21 @@ def listen_address(text: str) -> ListenAddress | None:
         return None
     host, colon, port = value.rpartition(":")
     if not colon or not host:
-        raise argparse.ArgumentTypeError(
+        raise ValueError(
             f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:19464, [::1]:19464, or 0.0.0.0:19464 for every interface)"
         )
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     elif ":" in host:
-        raise argparse.ArgumentTypeError(f"{text!r}: write an IPv6 address in brackets, as in [{host}]:{port}")
+        raise ValueError(f"{text!r}: write an IPv6 address in brackets, as in [{host}]:{port}")
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
-        raise argparse.ArgumentTypeError(
+        raise ValueError(
             f"{text!r}: {host!r} is not an IP address (a host name may stand for several; name the address)"
         ) from None
     if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
-        raise argparse.ArgumentTypeError(f"{text!r}: scoped IPv6 addresses are not supported")
+        raise ValueError(f"{text!r}: scoped IPv6 addresses are not supported")
     if not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r}: {port!r} is not a TCP port from 1 to 65535")
+        raise ValueError(f"{text!r}: {port!r} is not a TCP port from 1 to 65535")
     return ListenAddress(str(address), int(port))

@@ -10,6 +10,11 @@ from mini_ipam.errors import IpamError
 from mini_ipam.inventory import Inventory, take_inventory
 from stores import MapHealth, Network, Rebuilding, StoreError, StoreUnavailable
 
+STORE_ADVICE = (
+    "check that the store runs and that this host can reach it (--store, MINI_IPAM_STORE); until it answers, "
+    "every request that needs it is refused and nothing is changed"
+)
+
 
 class TwinWatch(Protocol):
     """What the health check needs of a heartbeat (``mini_ipam.presence.HostPresence``)."""
@@ -49,10 +54,13 @@ class Operations:
             else:
                 self.allocator.store.ping()
         except StoreError as exc:
-            # Unreachable (or too slow), or answering but refusing what a claim needs (a read-only replica,
-            # a user without script rights, not a Redis at all, a corrupt map).
-            reached = "unreachable" if isinstance(exc, StoreUnavailable) else "refusing"
-            body.update(status="unavailable", store=reached, error=str(exc))
+            # "unreachable": no answer (come back when it does); "failing": it answered with a failure, such as a
+            # full disk under a file store, a read-only replica, a user without script rights, or no Redis at
+            # all; its message says what to do.
+            unreachable = isinstance(exc, StoreUnavailable)
+            body.update(status="unavailable", store="unreachable" if unreachable else "failing", error=str(exc))
+            if unreachable:
+                body["advice"] = STORE_ADVICE
             return 503, body
         body.update(
             status="ok", store="reachable", store_round_trip_ms=round((time.perf_counter() - started) * 1000, 3)

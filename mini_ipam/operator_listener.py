@@ -61,7 +61,7 @@ class OperatorListener:
             )
         except OSError as exc:
             wasyncore.close_all(self._map, ignore_all=True)
-            raise ListenerError(f"cannot listen on {address}: {_reason(exc)}") from None
+            raise ListenerError(f"cannot listen on {address}: {_reason(exc, address)}") from None
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -81,11 +81,14 @@ class OperatorListener:
         self._server.task_dispatcher.shutdown(timeout=timeout)
 
 
-def _reason(exc: OSError) -> str:
+def _reason(exc: OSError, address: ListenAddress) -> str:
     if exc.errno == errno.EADDRINUSE:
-        return "the port is already in use (by another mini-ipam, or another exporter?)"
+        return (
+            f"the port is already in use (by another mini-ipam, or another exporter?): choose another "
+            f"--metrics-address, or stop what listens there (`ss -ltnp 'sport = :{address.port}'` shows it)"
+        )
     if exc.errno == errno.EADDRNOTAVAIL:
-        return "that address is not one of this host's"
+        return "that address is not one of this host's: choose one that `ip address` lists, or 0.0.0.0"
     if exc.errno == errno.EACCES:
-        return "permission denied (ports below 1024 need privileges)"
+        return "permission denied: ports below 1024 need root; choose a port from 1024 up"
     return exc.strerror or str(exc)

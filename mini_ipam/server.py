@@ -44,11 +44,15 @@ def prepare_socket_path(path: Path) -> None:
     except FileNotFoundError:
         return
     if stat.S_ISLNK(info.st_mode):
-        raise SocketInUse(f"{path} is a symbolic link; refusing to replace it")
+        raise SocketInUse(f"{path} is a symbolic link; refusing to replace it: remove it, or choose another --socket")
     if not stat.S_ISSOCK(info.st_mode):
-        raise SocketInUse(f"{path} exists and is not a socket; refusing to replace it")
+        raise SocketInUse(
+            f"{path} exists and is not a socket; refusing to replace it: move it away, or choose another --socket"
+        )
     if _socket_answers(path):
-        raise SocketInUse(f"{path} is in use by a running process (another driver?)")
+        raise SocketInUse(
+            f"{path} is in use by a running process (another driver?): stop it first, or choose another --socket"
+        )
     log.info("removing stale socket %s", path)
     path.unlink()
 
@@ -70,7 +74,10 @@ def _socket_answers(path: Path) -> bool:
     except OSError as exc:
         if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
             return False
-        raise SocketInUse(f"cannot tell whether {path} is in use: {exc.strerror}") from None
+        raise SocketInUse(
+            f"cannot tell whether {path} is in use: {(exc.strerror or str(exc)).lower()}; run as root, or choose "
+            "another --socket"
+        ) from None
     finally:
         probe.close()
     return True

@@ -2,35 +2,77 @@
 # Build mini-ipam as a managed (v2) Docker plugin and create it in an engine:
 #
 #   scripts/build-plugin.sh [NAME]          # NAME defaults to "mini"; use it as --ipam-driver NAME:latest
+#   scripts/build-plugin.sh --wheels-only DIR
+#                                           # only build the wheels the plugin installs, into DIR
 #
 # Environment:
 #   BASE     base image of the plugin's root filesystem, with Python 3.11 (default: python:3.11-slim;
 #            without a registry, a local image such as one made by `debootstrap --include=python3,python3-venv`)
 #   DOCKER   the docker command, e.g. "docker -H unix:///tmp/engine.sock" (default: docker)
 #   ENABLE   1 to enable the plugin once created (default: 1)
+#   MINI_IPAM_PREFIX  where scripts/install.sh put its virtualenv (default: /opt/mini-ipam), whose pip
+#            builds the wheels; without one, a temporary virtualenv does (python3-venv)
 #
 # The wheels (mini-ipam and its dependencies) are built here first, so the image build needs no index.
 set -euo pipefail
 
-name="${1:-mini}"
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+. "$here/scripts/source-tree.sh"
+wheels_only=""
+if [ "${1:-}" = "--wheels-only" ]; then
+  wheels_only="${2:?usage: build-plugin.sh --wheels-only DIR}"
+  name=""
+else
+  name="${1:-mini}"
+fi
 base="${BASE:-python:3.11-slim}"
 docker=(${DOCKER:-docker})
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+prefix="${MINI_IPAM_PREFIX:-/opt/mini-ipam}"
 work="$(mktemp -d)"
 image="mini-ipam-plugin-rootfs:$$"
 container=""
 
+fail() {
+  echo "build-plugin.sh: $*" >&2
+  exit 1
+}
+
 cleanup() {
-  [ -n "$container" ] && "${docker[@]}" rm -f "$container" >/dev/null 2>&1 || true
-  "${docker[@]}" rmi -f "$image" >/dev/null 2>&1 || true
+  if [ -z "$wheels_only" ]; then
+    [ -n "$container" ] && "${docker[@]}" rm -f "$container" >/dev/null 2>&1 || true
+    "${docker[@]}" rmi -f "$image" >/dev/null 2>&1 || true
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-echo "building wheels"
-mkdir -p "$work/context" "$work/plugin/rootfs"
+if [ -z "$wheels_only" ]; then
+  command -v "${docker[0]}" >/dev/null ||
+    fail "needs the docker command (apt-get install docker.io), or DOCKER naming it; found no '${docker[0]}'"
+  "${docker[@]}" version --format '{{.Server.Version}}' >/dev/null 2>&1 ||
+    fail "cannot reach the Docker engine with '${docker[*]}': is dockerd running, and may this user use it (root, or the docker group)?"
+fi
+
+# pip: the install's own virtualenv has one; else a temporary virtualenv gets one.
+if [ -x "$prefix/bin/pip" ]; then
+  pip="$prefix/bin/pip"
+  echo "building wheels with the pip of $prefix"
+elif python3 -m venv "$work/venv" >/dev/null 2>&1; then
+  pip="$work/venv/bin/pip"
+  echo "building wheels with the pip of a temporary virtualenv"
+else
+  fail "needs pip to build the wheels: run scripts/install.sh first (its virtualenv in $prefix has pip), or apt-get install python3-venv"
+fi
+
+copy_source "$work/source"  # the build leaves the checkout as it was
+wheel_dir="${wheels_only:-$work/context/wheels}"
+mkdir -p "$wheel_dir" "$work/context" "$work/plugin/rootfs"
 # async-timeout: redis needs it on Pythons before 3.11.3 (Debian bookworm's), whatever Python runs this.
-python3 -m pip wheel --quiet --wheel-dir "$work/context/wheels" "$here" "async-timeout>=4.0.3"
+"$pip" wheel --quiet --wheel-dir "$wheel_dir" "$work/source" "async-timeout>=4.0.3"
+if [ -n "$wheels_only" ]; then
+  echo "wheels in $wheel_dir"
+  exit 0
+fi
 cp "$here/packaging/plugin/Dockerfile" "$work/context/Dockerfile"
 
 echo "building the root filesystem from $base"

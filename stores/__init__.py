@@ -4,8 +4,8 @@ A store holds one *address map* per address family: claimed subnets (blocks) tha
 never overlap, each carrying pools that hand out single addresses. Stores know
 nothing of Docker; ``stores.base`` states the contract every backend keeps.
 
-``from_url`` is the one door to a backend, and ``traits_of`` tells what kind of
-store a URL names without opening it.
+``from_url`` is the one door to a backend; ``traits_of`` tells what kind of store
+a URL names and ``check_url`` whether its backend can use it, both without opening it.
 """
 
 from __future__ import annotations
@@ -74,6 +74,7 @@ __all__ = [
     "StoreTraits",
     "StoreUnavailable",
     "UnknownPool",
+    "check_url",
     "from_url",
     "redact_url",
     "traits_of",
@@ -144,6 +145,20 @@ def _backend(url: str) -> tuple[Opener, StoreTraits]:
 def traits_of(url: str) -> StoreTraits:
     """What kind of store ``url`` names, without opening it; ConfigurationError for an unknown scheme."""
     return _backend(url)[1]
+
+
+def check_url(url: str) -> None:
+    """ConfigurationError unless the backend of ``url`` can use it, as far as can be told without opening it."""
+    scheme = urlsplit(url).scheme
+    _backend(url)
+    if scheme == "memory":
+        MemoryStore.check_url(url)
+    elif scheme == "file":
+        FileStore.path_of(url)
+    else:
+        from stores.redis.urls import split_url  # loads redis-py, which opening the store would load anyway
+
+        split_url(url)
 
 
 def from_url(url: str, **options: Any) -> Store:

@@ -358,14 +358,12 @@ class Store(Protocol):
 def redact_url(url: str) -> str:
     """``url`` with any password replaced by ``***``, safe for logs and errors."""
     parts = urlsplit(url)
-    if parts.password is None:
+    # Taken apart as text, not through parts.port: a URL with a malformed port is one to report, safely.
+    userinfo, at, location = parts.netloc.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    if not at or not colon:
         return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    netloc = f"{user}:***@{host}"
-    return parts._replace(netloc=netloc).geturl()
+    return parts._replace(netloc=f"{user}:***@{location}").geturl()
 
 
 @runtime_checkable

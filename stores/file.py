@@ -9,8 +9,12 @@ Files, for ``file:///var/lib/mini-ipam/state.json``::
 A change appends one line to the journal and ``fdatasync``s it before the store
 answers, so a reply always means the change is on disk, and a ``kill -9`` can at
 worst leave one unacknowledged, half-written last line, which start-up drops.
-Anything else that cannot be read stops start-up with ``CorruptState``: state is
-never reset silently.
+Anything else that cannot be parsed stops start-up with ``CorruptState`` naming
+the file and line: state is never reset silently. A file that cannot be read or
+written at all (permissions, a full disk) is a plain ``StoreError`` whose cause is
+the ``OSError`` (see ``stores.disk``). While the journal cannot be written, every
+change is refused (and truncated away, so the journal stays whole) and ``ping``
+raises the failure, until a check finds room again.
 
 When the journal has grown past twice the live state, the journal starts over as
 generation G+1 and a snapshot of the state at that moment is written behind it,
@@ -23,8 +27,10 @@ is copied, not while the snapshot is encoded and written.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
+import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -32,6 +38,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from stores import disk
 from stores.base import ConfigurationError, CorruptState, StoreError, StoreTraits
 from stores.journal import decode_event, encode_event
 from stores.memory import Event, MemoryStore, StateCopy
@@ -40,6 +47,10 @@ FORMAT = 1
 MIN_COMPACT_EVENTS = 1024
 SNAPSHOT_CHUNK = 1000
 """Events encoded per step while a snapshot is written, so requests get the interpreter in between."""
+ROOM_CHECK = 64 * 1024
+"""Bytes the journal must have room for before a failed write counts as over: a few hundred changes."""
+
+log = logging.getLogger("stores.file")
 
 
 class FileStore(MemoryStore):
@@ -61,13 +72,21 @@ class FileStore(MemoryStore):
         self._log_events = 0
         self._live_events = 0
         self._compactor: threading.Thread | None = None
+        self._write_failure: StoreError | None = None
         if read_only:
-            if not self.path.exists() and not self._log_path(0).exists():
+            try:
+                missing = not self.path.exists() and not self._log_path(0).exists()
+            except OSError as exc:
+                raise disk.failure("cannot look at the state file", self.path, exc) from exc
+            if missing:
                 raise StoreError(f"there is no state at {self.path} (has a driver run with this store?)")
             self._lock_fd = -1
             self._generation = self._load()
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise disk.failure("cannot create the state directory", self.path.parent, exc) from exc
         self._lock_fd = self._take_lock()
         try:
             self._generation = self._load()
@@ -79,11 +98,16 @@ class FileStore(MemoryStore):
     @classmethod
     def from_url(cls, url: str, *, timeout: float = 5.0, read_only: bool = False) -> FileStore:
         """Open ``file:///absolute/path.json`` (see ``__init__`` for ``read_only``; a local file needs no timeout)."""
+        return cls(cls.path_of(url), read_only=read_only)
+
+    @staticmethod
+    def path_of(url: str) -> str:
+        """The state file a ``file:///absolute/path.json`` URL names; ConfigurationError for any other URL."""
         parts = urlsplit(url)
         path = unquote(parts.path)
-        if parts.netloc not in ("", "localhost") or not path.startswith("/") or parts.query:
+        if parts.netloc not in ("", "localhost") or not path.startswith("/") or path.endswith("/") or parts.query:
             raise ConfigurationError(f"a file store URL is file:///absolute/path.json, not {url!r}")
-        return cls(path, read_only=read_only)
+        return path
 
     @property
     def is_open(self) -> bool:
@@ -93,7 +117,11 @@ class FileStore(MemoryStore):
     # -- start-up ---------------------------------------------------------
 
     def _take_lock(self) -> int:
-        fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        lock = Path(f"{self.path}.lock")
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise disk.failure("cannot open the lock file", lock, exc) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -106,7 +134,11 @@ class FileStore(MemoryStore):
 
     def _load(self) -> int:
         """Rebuild state from the snapshot and the journals after it; return the journal generation."""
-        generation = self._load_snapshot() if self.path.exists() else 0
+        try:
+            exists = self.path.exists()
+        except OSError as exc:
+            raise disk.failure("cannot look at the state file", self.path, exc) from exc
+        generation = self._load_snapshot() if exists else 0
         self._live_events = self._live_count()
         if not self.read_only:
             self._remove_journals_before(generation)
@@ -139,9 +171,21 @@ class FileStore(MemoryStore):
             return None
 
         try:
-            snapshot = json.loads(self.path.read_bytes(), object_hook=apply)
-        except (OSError, ValueError) as exc:
-            raise CorruptState(f"cannot read state file {self.path}: {exc}") from exc
+            data = self.path.read_bytes()
+        except OSError as exc:
+            raise disk.failure("cannot read the state file", self.path, exc) from exc
+        try:
+            snapshot = json.loads(data, object_hook=apply)
+        except ValueError as exc:
+            where = f"line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else "its text"
+            raise CorruptState(f"state file {self.path} is not valid JSON at {where}: {exc}") from exc
+        written_as = snapshot.get("format") if isinstance(snapshot, dict) else None
+        if isinstance(written_as, int) and written_as != FORMAT:
+            # Not corrupt: another version's. Moving it aside would lose it; the version that wrote it reads it.
+            raise StoreError(
+                f"state file {self.path} is in format {written_as}, which another version of mini-ipam wrote; this "
+                f"version reads format {FORMAT}: install the version that wrote it (the file is left as it is)"
+            )
         if (
             not isinstance(snapshot, dict)
             or snapshot.get("format") != FORMAT
@@ -164,18 +208,21 @@ class FileStore(MemoryStore):
         except FileNotFoundError:
             return
         except OSError as exc:
-            raise CorruptState(f"cannot read journal {path}: {exc}") from exc
+            raise disk.failure("cannot read the journal", path, exc) from exc
         complete, _, torn = data.rpartition(b"\n")
         if torn and not self.read_only:
             # The last line was never finished, so it was never acknowledged: drop it.
-            with open(path, "r+b") as handle:
-                handle.truncate(len(complete) + 1 if complete else 0)
-                os.fsync(handle.fileno())
+            try:
+                with open(path, "r+b") as handle:
+                    handle.truncate(len(complete) + 1 if complete else 0)
+                    os.fsync(handle.fileno())
+            except OSError as exc:
+                raise disk.failure("cannot drop the unfinished last line of the journal", path, exc) from exc
         for number, line in enumerate(_lines(complete), start=1):
             try:
                 event = json.loads(line)
             except ValueError as exc:
-                raise CorruptState(f"journal {path} line {number} is unreadable: {exc}") from exc
+                raise CorruptState(f"journal {path} line {number} is not valid JSON: {exc}") from exc
             self._replay(event, path, number)
             self._log_events += 1
 
@@ -188,9 +235,12 @@ class FileStore(MemoryStore):
 
     def _open_log(self) -> None:
         path = self._log_path(self._generation)
-        self._log_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        self._log_size = os.fstat(self._log_fd).st_size
-        _sync_directory(self.path.parent)
+        try:
+            self._log_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            self._log_size = os.fstat(self._log_fd).st_size
+            _sync_directory(self.path.parent)
+        except OSError as exc:
+            raise disk.failure("cannot open the journal", path, exc) from exc
 
     # -- changes ----------------------------------------------------------
 
@@ -207,9 +257,7 @@ class FileStore(MemoryStore):
         if self._log_fd is None:
             raise StoreError(f"state file {self.path} is {'open read-only' if self.read_only else 'closed'}")
         try:
-            written = os.write(self._log_fd, line)
-            if written != len(line):
-                raise OSError(f"short write ({written} of {len(line)} bytes)")
+            disk.write_all(self._log_fd, line)
             os.fdatasync(self._log_fd)
         except OSError as exc:
             # Cut off whatever part of the line reached the file, so the journal stays whole.
@@ -217,8 +265,34 @@ class FileStore(MemoryStore):
                 os.ftruncate(self._log_fd, self._log_size)
             except OSError:
                 pass
-            raise StoreError(f"cannot write journal of {self.path}: {exc.strerror or exc}") from exc
+            failure = disk.failure("cannot write the journal", self._log_path(self._generation), exc)
+            self._failed_to_write(failure)
+            raise failure from exc
         self._log_size += len(line)
+        if self._write_failure is not None:
+            self._can_write_again()
+
+    def _failed_to_write(self, failure: StoreError) -> None:
+        if self._write_failure is None or str(self._write_failure) != str(failure):
+            log.error("%s; every change is refused, and nothing is changed, until it can be written", failure)
+        self._write_failure = failure
+
+    def _can_write_again(self) -> None:
+        log.warning("the journal of %s can be written again (it was: %s)", self.path, self._write_failure)
+        self._write_failure = None
+
+    def ping(self) -> None:
+        """Raise the last failure to write the journal while there is still no room to write it."""
+        if self._write_failure is None:
+            return
+        with self._lock:
+            failure = self._write_failure
+            if failure is None:
+                return
+            if self._log_fd is not None and disk.has_room(self._log_fd, self._log_size, ROOM_CHECK):
+                self._can_write_again()
+                return
+            raise failure
 
     def _compact(self) -> None:
         """Start the next journal generation and have a thread write the snapshot it follows.
@@ -235,7 +309,9 @@ class FileStore(MemoryStore):
         try:
             fd = os.open(self._log_path(generation), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             _sync_directory(self.path.parent)
-        except OSError:
+        except OSError as exc:
+            log.warning("%s; the journal keeps growing until it can", disk.failure(
+                "cannot start the next journal", self._log_path(generation), exc))  # fmt: skip
             self._log_events = 0  # nothing changed; compaction is retried after later changes
             return
         if self._log_fd is not None:
@@ -265,9 +341,13 @@ class FileStore(MemoryStore):
                 os.fsync(handle.fileno())
             os.replace(temporary, self.path)
             _sync_directory(self.path.parent)
-        except OSError:
+        except OSError as exc:
             # The old snapshot and every journal since are intact: start-up replays them all, and the
-            # next compaction writes a snapshot again.
+            # next compaction writes a snapshot again. The partial snapshot must not take up the room.
+            with contextlib.suppress(OSError):
+                temporary.unlink(missing_ok=True)
+            log.warning("%s; the journals since the last snapshot are kept instead",
+                        disk.failure("cannot write the snapshot", temporary, exc))  # fmt: skip
             return
         self._remove_journals_before(generation)
 

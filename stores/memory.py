@@ -96,11 +96,16 @@ class MemoryStore:
     @classmethod
     def from_url(cls, url: str, *, timeout: float = 5.0, read_only: bool = False) -> MemoryStore:
         """Open ``memory://``. It cannot be read from outside its process, so ``read_only`` is refused."""
-        if url.rstrip("/") != "memory:":
-            raise ConfigurationError(f"memory:// takes no path or options, not {url!r}")
+        cls.check_url(url)
         if read_only:
             raise ConfigurationError("a memory:// store lives in its driver's process: ask that driver")
         return cls()
+
+    @staticmethod
+    def check_url(url: str) -> None:
+        """ConfigurationError unless ``url`` is ``memory://``."""
+        if url.rstrip("/") != "memory:":
+            raise ConfigurationError(f"memory:// takes no path or options, not {url!r}")
 
     @property
     def traits(self) -> StoreTraits:

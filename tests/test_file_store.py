@@ -74,11 +74,18 @@ def test_an_event_that_contradicts_the_state_stops_start_up(tmp_path: Path) -> N
         FileStore(tmp_path / "state.json")
 
 
-@pytest.mark.parametrize("content", [b"", b"{not json", b'{"format": 99, "generation": 0, "events": []}', b"[]"])
+@pytest.mark.parametrize("content", [b"", b"{not json", b"[]", b'{"format": "1"}'])
 def test_an_unreadable_snapshot_stops_start_up(tmp_path: Path, content: bytes) -> None:
     (tmp_path / "state.json").write_bytes(content)
     with pytest.raises(CorruptState, match="state.json"):
         FileStore(tmp_path / "state.json")
+
+
+def test_a_snapshot_of_another_format_is_not_called_corrupt(tmp_path: Path) -> None:
+    (tmp_path / "state.json").write_bytes(b'{"format": 99, "generation": 0, "events": []}')
+    with pytest.raises(StoreError, match="is in format 99, which another version of mini-ipam wrote") as raised:
+        FileStore(tmp_path / "state.json")
+    assert not isinstance(raised.value, CorruptState)
 
 
 def test_two_processes_cannot_share_one_file(tmp_path: Path) -> None:

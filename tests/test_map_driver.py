@@ -222,7 +222,7 @@ def test_wait_aof_needs_a_server_with_waitaof(tmp_path: Path, server: RedisServe
     command = [sys.executable, "-m", "mini_ipam", "serve", "--socket", str(tmp_path / "x.sock"), "--store",
                f"{server.url}?prefix=aof&wait_aof=0", "--local-record", str(tmp_path / "x.json")]  # fmt: skip
     if has_waitaof:  # Redis >= 7.2, Valkey >= 8: the driver serves, and a claim waits for the fsync
-        driver = DriverProcess(tmp_path / "x.sock", *command[5:], "--pool", PARENT, "--recovery-window", "0")
+        driver = DriverProcess(tmp_path / "x.sock", *command[6:], "--pool", PARENT, "--recovery-window", "0")
         driver.start()
         try:
             assert request_pool(driver)[0] == 200

@@ -231,13 +231,14 @@ def test_every_command_has_help_with_examples(command: str) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["ls", "--store", "file:///nonexistent-dir/x.json?bad=1"], "cannot open the store"),
+        (["ls", "--store", "file:///nonexistent-dir/x.json?bad=1"], "flag --store: 'file:///nonexistent-dir/x.json"),
+        (["ls", "--store", "file:///nonexistent-dir/x.json"], "there is no state at /nonexistent-dir/x.json"),
         (["plan", "--size", "31", "--store", "memory://", "--socket", "/nonexistent.sock"], "/31 is smaller"),
         (
             ["reconcile", "--store", "memory://", "--socket", "/nonexistent.sock", "--docker", "unix:///nonexistent"],
             "/nonexistent",
         ),
-        (["reconcile", "--docker", "tcp://1.2.3.4:2375", "--store", "file:///tmp/x.json"], "must be a unix://"),
+        (["reconcile", "--docker", "tcp://1.2.3.4:2375", "--store", "file:///tmp/x.json"], "must be unix:///"),
         (["ls", "--store", "redis://user:s3cret@127.0.0.1:1/0", "--store-timeout", "0.5"], "cannot read the store"),
     ],
 )

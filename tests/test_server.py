@@ -104,8 +104,11 @@ def test_a_corrupt_state_file_stops_start_up_with_one_clear_line(tmp_path: Path)
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert result.returncode == 1
-    assert f"cannot read state file {tmp_path}/state.json" in result.stderr
-    assert "Traceback" not in result.stderr
+    (line,) = result.stderr.splitlines()
+    assert " ERROR mini_ipam: mini-ipam serve: " in line
+    assert f"state file {tmp_path}/state.json is not valid JSON at line 1 column 2" in line
+    assert f"move {tmp_path}/state.json and its journals ({tmp_path}/state.json.*.log) aside" in line
+    assert "run `mini-ipam reconcile --apply`" in line
     assert (tmp_path / "state.json").read_text() == "{broken"
     assert not (tmp_path / "mini.sock").exists()
 
@@ -131,28 +134,9 @@ def test_help_and_version() -> None:
     for flag in ("--socket", "--store", "--pool", "--default-size", "--pool6", "--default-size6", "--host-id"):
         assert flag in help_text.stdout
     assert "docker network create --ipam-driver mini --ipam-opt size=28" in help_text.stdout
-    version = subprocess.run([sys.executable, "-m", "mini_ipam", "--version"], capture_output=True, text=True)
-    assert version.stdout.startswith("mini-ipam ")
-
-
-@pytest.mark.parametrize(
-    ("flags", "message"),
-    [
-        (["--pool", "10.0.0.0/33"], "is not a subnet in CIDR form"),
-        (["--pool", "fd00::/48"], "is not an IPv4 subnet"),
-        (["--default-size", "31"], "is not a prefix length from 1 to 30"),
-        (["--store", "ftp://x"], "unknown store URL scheme 'ftp'"),
-        (["--pool", "10.0.0.0/24", "--default-size", "20"], "default size /20 does not fit in parent 10.0.0.0/24"),
-    ],
-)
-def test_bad_flags_are_one_clear_sentence(tmp_path: Path, flags: list[str], message: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "mini_ipam", "serve", "--socket", str(tmp_path / "x.sock"), *flags],
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
-    assert result.returncode != 0
-    assert message in result.stderr
-    assert "Traceback" not in result.stderr
+    for args in (["--version"], ["serve", "--version"]):
+        version = subprocess.run([sys.executable, "-m", "mini_ipam", *args], capture_output=True, text=True)
+        assert version.returncode == 0 and version.stdout.startswith("mini-ipam "), version.stderr
 
 
 @dataclass

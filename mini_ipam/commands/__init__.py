@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import socket
+import os
 import sys
 from collections.abc import Sequence
 
 from mini_ipam.commands.common import CommandError
-from mini_ipam.commands.flags import build_parser
+from mini_ipam.commands.flags import SettingError, build_parser, resolve
 from mini_ipam.commands.inspect import ls, plan
 from mini_ipam.commands.reconcile import reconcile
 from mini_ipam.commands.serve import serve
@@ -29,14 +29,20 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mini-ipam`` command."""
-    args = build_parser().parse_args(argv)
-    if getattr(args, "host_id", None) == "":
-        args.host_id = socket.gethostname()  # MINI_IPAM_HOST_ID= (empty) means "this host's name"
+    args = build_parser().parse_args(argv)  # --help and --version end here, before any setting is read
+    try:
+        args.sources = resolve(args, os.environ)
+    except SettingError as exc:
+        print(f"mini-ipam {args.command}: {exc}", file=sys.stderr)
+        return exc.code
     setup_logging(args.log_level, args.log_format, args.log_stream)
     try:
         return run(args)
     except CommandError as exc:
-        print(f"mini-ipam {args.command}: {exc}", file=sys.stderr)
+        if args.command == "serve":  # the driver's failures go to its log, at error, like everything it says
+            logging.getLogger("mini_ipam").error("mini-ipam serve: %s", exc)
+        else:
+            print(f"mini-ipam {args.command}: {exc}", file=sys.stderr)
         return exc.code
     except KeyboardInterrupt:
         return 130

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import stores
-from mini_ipam.allocator import DEFAULT_PARENT4, DEFAULT_SIZE4, DEFAULT_SIZE6, Settings
+from mini_ipam.allocator import DEFAULT_SIZE4, DEFAULT_SIZE6, Settings
 from mini_ipam.presence import check_interval
+from stores.file import FileStore
 
 
 class CommandError(Exception):
@@ -20,19 +23,12 @@ class CommandError(Exception):
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    """Allocator settings from the flags a command has."""
-    parents4 = tuple(args.pool or (DEFAULT_PARENT4,))
-    default4 = getattr(args, "default_size", DEFAULT_SIZE4)
-    default6 = getattr(args, "default_size6", DEFAULT_SIZE6)
-    for size, parents in ((default4, parents4), (default6, args.pool6 or ())):
-        too_wide = [str(p) for p in parents if p.prefixlen > size]
-        if too_wide:
-            raise CommandError(f"default size /{size} does not fit in parent {', '.join(too_wide)}", 2)
+    """Allocator settings from the settings a command has (read and checked by ``flags.resolve``)."""
     return Settings(
-        parents4=parents4,
-        parents6=tuple(args.pool6 or ()),
-        default_size4=default4,
-        default_size6=default6,
+        parents4=tuple(args.pool),
+        parents6=tuple(args.pool6),
+        default_size4=getattr(args, "default_size", DEFAULT_SIZE4),
+        default_size6=getattr(args, "default_size6", DEFAULT_SIZE6),
         host_id=args.host_id,
     )
 
@@ -40,7 +36,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
 def open_store(args: argparse.Namespace, *, read_only: bool = False, rebuild: bool = False) -> stores.Store:
     """The store ``--store`` names; ``read_only`` for commands that only look (a file store can then be
     read while its driver runs); ``rebuild`` for the driver, which keeps a record of its claims on a
-    shared map and rebuilds the map if it is lost."""
+    shared map and rebuilds the map if it is lost. A failure says what to do about it."""
     try:
         if rebuild:
             return stores.from_url(
@@ -52,8 +48,51 @@ def open_store(args: argparse.Namespace, *, read_only: bool = False, rebuild: bo
                 recovery_window=recovery_window(args),
             )
         return stores.from_url(args.store, timeout=args.store_timeout, read_only=read_only, member=args.host_id)
-    except (stores.StoreError, stores.ConfigurationError, OSError) as exc:
-        raise CommandError(f"cannot open the store {stores.redact_url(args.store)}: {exc}") from None
+    except stores.ConfigurationError as exc:
+        raise CommandError(f"{source_of(args, 'store')}: {exc}", 2) from None
+    except stores.CorruptState as exc:
+        raise CommandError(f"{exc}. {recover_from_corrupt_state(args.store)}") from None
+    except (stores.StoreError, OSError) as exc:
+        advice = what_to_do(exc, "--store file:///PATH/state.json")
+        raise CommandError(f"cannot open the store {stores.redact_url(args.store)}: {exc}{advice}") from None
+
+
+def source_of(args: argparse.Namespace, dest: str) -> str:
+    """Where the setting ``dest`` came from (``flag --store``, ``environment variable MINI_IPAM_STORE``...)."""
+    sources = getattr(args, "sources", {})
+    return str(sources[dest]) if dest in sources else f"--{dest.replace('_', '-')}"
+
+
+def recover_from_corrupt_state(url: str) -> str:
+    """How to start again from a state that cannot be parsed."""
+    if not url.startswith("file:"):
+        return "The store is left as it is: look at the keys the message names"
+    path = FileStore.path_of(url)
+    return (
+        f"The state is left as it is. To start again: stop the driver, move {path} and its journals "
+        f"({path}.*.log) aside, run `mini-ipam reconcile --apply` (with the driver stopped it writes a new state "
+        "file holding what the engine uses), then start the driver"
+    )
+
+
+def what_to_do(exc: BaseException, choose: str) -> str:
+    """Advice for a failure whose cause is an OSError (``exc`` or its cause), as ``: ...``; empty if none.
+
+    ``choose`` is the flag to name when another path would do (``--socket PATH``).
+    """
+    cause = exc if isinstance(exc, OSError) else exc.__cause__
+    code = cause.errno if isinstance(cause, OSError) else None
+    if code in (errno.EACCES, errno.EPERM):
+        if os.geteuid() != 0:
+            return f": run as root, or choose a {choose} you can write"
+        return f": check its owner and mode, and what confines this process (AppArmor, SELinux), or choose a {choose}"
+    if code == errno.EROFS:
+        return f": choose a {choose} on a file system that can be written"
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return ": free some space there, then start again"
+    if code == errno.EISDIR:
+        return f": a directory is in the way; choose a {choose} that names a file"
+    return ""
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

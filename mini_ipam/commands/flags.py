@@ -1,30 +1,225 @@
-"""The ``mini-ipam`` command line: every command's flags, each with a MINI_IPAM_* environment fallback.
+"""The ``mini-ipam`` command line: every setting of every command, in one table, and the one way they are read.
 
-This module only builds the parser; ``mini_ipam.commands`` runs what it parsed.
+A setting is a flag and, unless it only says what one run should do, a
+``MINI_IPAM_<FLAG>`` environment variable. ``build_parser`` gives argparse the flags
+as plain text, so ``--help`` and ``--version`` never read the environment. Then
+``resolve`` takes each setting's text from the flag if it was given, else from its
+variable (an empty one counts as unset), else its default, and parses it with the
+setting's parser (``mini_ipam.commands.values``); the settings that depend on each
+other are checked last. Any bad value is a ``SettingError``: one sentence naming the
+setting, where the value came from and what is allowed, and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
-import os
 import socket
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
-from mini_ipam import __version__
-from mini_ipam.allocator import DEFAULT_PARENT4, DEFAULT_SIZE4, DEFAULT_SIZE6
-from mini_ipam.listen_address import listen_address
+from mini_ipam import __version__, allocator
+from mini_ipam.commands import values
+from mini_ipam.commands.common import CommandError
 from mini_ipam.pool_id import SMALLEST
 
 DEFAULT_SOCKET = "/run/docker/plugins/mini.sock"
 DEFAULT_STORE = "file:///var/lib/mini-ipam/state.json"
 DEFAULT_RECORD = "/var/lib/mini-ipam/record.json"
+ULA_PREFIXLEN = 48
+"""The IPv6 parent made on first start when no --pool6 is given is a /48."""
 
-ENV_NOTE = """\
-Every flag can also be set in the environment: --default-size is
-MINI_IPAM_DEFAULT_SIZE, --pool is MINI_IPAM_POOL (comma-separated), and so on.
-"""
+
+class SettingError(CommandError):
+    """A setting's value cannot be used: exit status 2."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 2)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: its flag, its environment variable (unless ``env`` is False) and how its text is read.
+
+    ``default`` is text too, read by ``parse`` like any other text. A setting with ``many`` is a
+    repeatable flag, and a comma-separated list in its variable.
+    """
+
+    flag: str
+    parse: values.Parser
+    default: str
+    help: str
+    metavar: str
+    many: bool = False
+    env: bool = True
+    required: bool = False
+
+    @property
+    def option(self) -> str:
+        """``--flag``."""
+        return f"--{self.flag}"
+
+    @property
+    def variable(self) -> str:
+        """``MINI_IPAM_FLAG``."""
+        return "MINI_IPAM_" + self.flag.upper().replace("-", "_")
+
+    @property
+    def dest(self) -> str:
+        """The attribute of the parsed arguments."""
+        return self.flag.replace("-", "_")
+
+    def help_text(self) -> str:
+        """The ``--help`` line: what it is, its default, its variable."""
+        text = self.help + (f" (default: {self.default})" if self.default and "default:" not in self.help else "")
+        if self.env:
+            text += f" [{self.variable}{', comma-separated' if self.many else ''}]"
+        return text.replace("%", "%%")
+
+
+@dataclass(frozen=True)
+class Switch:
+    """A flag without a value, that says what this one run does: never taken from the environment."""
+
+    flag: str
+    help: str
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+SOCKET = Setting(
+    "socket", values.socket_path, DEFAULT_SOCKET, "the plugin socket; its file name is the driver name", "PATH"
+)
+SOCKET_GROUP = Setting(
+    "socket-group",
+    values.group,
+    "",
+    "group of the socket, which has mode 0660 (default: the driver's own group)",
+    "GROUP",
+)
+STORE = Setting(
+    "store",
+    values.store_url,
+    DEFAULT_STORE,
+    "where claims are kept: memory://, file:///path.json, redis://host:port/db, rediss://..., "
+    "unix:///path/redis.sock (default: the file store at /var/lib/mini-ipam/state.json)",
+    "URL",
+)
+STORE_TIMEOUT = Setting(
+    "store-timeout",
+    values.duration(0.0, 30.0, least_included=False),
+    "5s",
+    "how long one store round trip may take before the request fails",
+    "DURATION",
+)
+HOST_ID = Setting(
+    "host-id",
+    values.host_id,
+    socket.gethostname(),
+    "this host's name in the store, recorded as the owner of its claims; empty: the hostname",
+    "NAME",
+)
+POOL = Setting(
+    "pool",
+    values.subnet(4, SMALLEST[4]),
+    str(allocator.DEFAULT_PARENT4),
+    "IPv4 parent range to carve subnets from; repeat for more, searched in order; parents must not overlap",
+    "CIDR",
+    many=True,
+)
+POOL6 = Setting(
+    "pool6",
+    values.subnet(6, SMALLEST[6]),
+    "",
+    "IPv6 parent range; repeatable (default and empty: a random unique-local /48 made on first start "
+    "and kept in the store)",
+    "CIDR",
+    many=True,
+)
+DEFAULT_SIZE = Setting(
+    "default-size",
+    values.prefix_length(SMALLEST[4]),
+    str(allocator.DEFAULT_SIZE4),
+    "prefix length of IPv4 subnets when a network asks for no size",
+    "N",
+)
+DEFAULT_SIZE6 = Setting(
+    "default-size6",
+    values.prefix_length(SMALLEST[6]),
+    str(allocator.DEFAULT_SIZE6),
+    "prefix length of IPv6 subnets when a network asks for no size6",
+    "N",
+)
+HOST_TTL = Setting(
+    "host-ttl",
+    values.duration(0.1, 86400.0),
+    "30s",
+    "on a shared store, how long a silent driver's heartbeat lasts; two live drivers with one host "
+    "id are reported within about this time",
+    "DURATION",
+)
+LOCAL_RECORD = Setting(
+    "local-record",
+    values.file_path,
+    DEFAULT_RECORD,
+    "on a shared store, the file where this driver keeps its own claims, to re-assert them into the map if "
+    "the map is ever lost (empty: none; the map's loss is then still found and reported)",
+    "FILE",
+)
+RECOVERY_WINDOW = Setting(
+    "recovery-window",
+    values.duration(0.0, 3600.0),
+    "",
+    "on a shared store, how long a new or rebuilt map hands out no new subnet unless every host has "
+    "re-asserted its claims first, and how long after its server changed this driver claims none "
+    "(default: a little over one look at the map by every driver's heartbeat, host-ttl / 15 + 2s: 4s)",
+    "DURATION",
+)
+THREADS = Setting(
+    "threads", values.whole_number(1, 256, "a whole number of request threads"), "8", "request threads", "N"
+)
+METRICS_ADDRESS = Setting(
+    "metrics-address",
+    values.listen,
+    "",
+    "also serve GET /metrics, /healthz and /inventory (never the plugin protocol) over TCP on "
+    "this address, e.g. 127.0.0.1:19464 or [::1]:19464 (default and empty: no TCP listener)",
+    "HOST:PORT",
+)
+LOG_LEVEL = Setting("log-level", values.choice(LOG_LEVELS), "info", "debug, info, warning or error", "LEVEL")
+LOG_FORMAT = Setting(
+    "log-format", values.choice(("text", "json")), "text", "text, or json (one object a line)", "FORMAT"
+)
+LOG_STREAM = Setting(
+    "log-stream",
+    values.choice(("stderr", "stdout")),
+    "stderr",
+    "stderr or stdout; a managed plugin logs to stdout, which the engine logs at level info",
+    "STREAM",
+)
+DOCKER = Setting("docker", values.engine_url, "unix:///var/run/docker.sock", "the engine API", "URL")
+DRIVER = Setting(
+    "driver",
+    values.name("a driver name"),
+    "",
+    "the driver name the engine knows (default and empty: the socket's file name)",
+    "NAME",
+)
+GRACE = Setting("grace", values.duration(0.0, 365 * 86400.0), "10m", "leave claims younger than this alone", "DURATION")
+SIZE = Setting(
+    "size", values.prefix_length(SMALLEST[6]), "", "the prefix length (IPv4: up to 30)", "N", env=False, required=True
+)
+COUNT = Setting(
+    "count", values.whole_number(0, None, "a whole number of subnets"), "", "exit 1 unless K more fit", "K", env=False
+)
+
+JSON = Switch("json", "print JSON instead of tables")
+APPLY = Switch("apply", "fix what can be fixed")
+V6 = Switch("v6", "plan IPv6 subnets (default: IPv4)")
+
+STORE_SETTINGS = (STORE, STORE_TIMEOUT, HOST_ID)
+PARENTS = (POOL, POOL6)
+LOGGING = (LOG_LEVEL, LOG_FORMAT, LOG_STREAM)
 
 SERVE_EXAMPLES = """\
 examples:
@@ -65,222 +260,204 @@ examples:
 """
 
 
-def _env_name(flag: str) -> str:
-    return "MINI_IPAM_" + flag.upper().replace("-", "_")
+@dataclass(frozen=True)
+class Command:
+    """A command's help, and its settings and switches in the order ``--help`` lists them."""
 
+    help: str
+    description: str
+    examples: str
+    settings: tuple[Setting, ...]
+    switches: tuple[Switch, ...] = field(default=())
 
-def network_parser(version: int) -> Callable[[str], Any]:
-    """An argparse type for an IPv``version`` subnet."""
-
-    def parse(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-        try:
-            network = ipaddress.ip_network(text.strip())
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a subnet in CIDR form: {exc}") from None
-        if network.version != version:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an IPv{version} subnet")
-        return network
-
-    return parse
-
-
-def prefix_parser(version: int) -> Callable[[str], int]:
-    """An argparse type for a prefix length."""
-    longest = SMALLEST[version]
-
-    def parse(text: str) -> int:
-        value = text.strip().removeprefix("/")
-        if not value.isdigit() or not 1 <= int(value) <= longest:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a prefix length from 1 to {longest}")
-        return int(value)
-
-    return parse
-
-
-def duration(text: str) -> float:
-    """An argparse type for a duration: seconds, or a number with s, m, h or d."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    value = text.strip().lower()
-    factor = units.get(value[-1:], None)
-    number = value[:-1] if factor else value
-    try:
-        seconds = float(number) * (factor or 1)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 90s, 10m or 1h") from None
-    if seconds < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is negative")
-    return seconds
-
-
-class Flags:
-    """Adds flags to a parser; each takes its default from MINI_IPAM_<FLAG> when that is set."""
-
-    def __init__(self, parser: argparse.ArgumentParser, root: argparse.ArgumentParser) -> None:
-        self.parser = parser
-        self.root = root
-
-    def add(self, flag: str, default: Any, help: str, parse: Callable[[str], Any] = str, **kw: Any) -> None:
-        env = os.environ.get(_env_name(flag))
-        if env is not None:
-            try:
-                default = [parse(i) for i in env.split(",") if i.strip()] if kw.get("action") else parse(env)
-            except argparse.ArgumentTypeError as exc:
-                self.root.error(f"{_env_name(flag)}: {exc}")
-        self.parser.add_argument(f"--{flag}", default=default, type=parse, help=help, **kw)
-
-    def socket(self) -> None:
-        self.add("socket", DEFAULT_SOCKET, "plugin socket; its file name is the driver name (default: %(default)s)",
-                 metavar="PATH")  # fmt: skip
-
-    def store(self) -> None:
-        self.add(
-            "store",
-            DEFAULT_STORE,
-            "where claims are kept: memory://, file:///path.json, redis://host:port/db, rediss://..., "
-            "unix:///path/redis.sock (default: the file store at /var/lib/mini-ipam/state.json)",
-            metavar="URL",
+    def environment_note(self) -> str:
+        """What the epilog says about the environment, true of this command's own flags."""
+        only_flags = [s.option for s in self.settings if not s.env] + [f"--{s.flag}" for s in self.switches]
+        note = (
+            "Each setting can also be given in the environment, as the variable in brackets after it\n"
+            "(MINI_IPAM_<FLAG>; a repeatable flag's variable takes a comma-separated list). A flag on\n"
+            "the command line wins over its variable; an empty variable counts as unset.\n"
         )
-        self.add("store-timeout", 5.0, "seconds a store round trip may take (default: %(default)s)", float,
-                 metavar="SECONDS")  # fmt: skip
-        self.add(
-            "host-id",
-            socket.gethostname(),
-            "this host's name in the store, recorded as the owner of its claims (default: the hostname, %(default)s)",
-            metavar="NAME",
-        )
-
-    def parents(self) -> None:
-        self.add(
-            "pool",
-            None,
-            f"IPv4 parent range to carve subnets from; repeat for more, searched in order (default: {DEFAULT_PARENT4})",
-            network_parser(4),
-            action="append",
-            metavar="CIDR",
-        )
-        self.add(
-            "pool6",
-            None,
-            "IPv6 parent range; repeatable (default: a random ULA /48 made on first start and kept in the store)",
-            network_parser(6),
-            action="append",
-            metavar="CIDR",
-        )
-
-    def logging(self) -> None:
-        self.add("log-level", "info", "debug, info, warning or error (default: %(default)s)",
-                 choices=["debug", "info", "warning", "error"])  # fmt: skip
-        self.add("log-format", "text", "text or json, one object a line (default: %(default)s)",
-                 choices=["text", "json"])  # fmt: skip
-        self.add("log-stream", "stderr", "stderr or stdout; a managed plugin logs to stdout, which the engine "
-                 "logs at level info (default: %(default)s)", choices=["stderr", "stdout"])  # fmt: skip
+        if only_flags:
+            note += f"Only on the command line: {', '.join(only_flags)}.\n"
+        return note
 
 
-def _command(
-    commands: Any, root: argparse.ArgumentParser, name: str, help: str, description: str, examples: str
-) -> Flags:
-    parser = commands.add_parser(
-        name,
-        help=help,
-        description=description,
-        epilog=examples + ENV_NOTE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    return Flags(parser, root)
+COMMANDS: dict[str, Command] = {
+    "serve": Command(
+        "run the driver on the plugin socket",
+        "Run the IPAM driver. Docker finds it by its socket: mini.sock is --ipam-driver mini.",
+        SERVE_EXAMPLES,
+        (
+            SOCKET,
+            SOCKET_GROUP,
+            *STORE_SETTINGS,
+            *PARENTS,
+            DEFAULT_SIZE,
+            DEFAULT_SIZE6,
+            HOST_TTL,
+            LOCAL_RECORD,
+            RECOVERY_WINDOW,
+            THREADS,
+            METRICS_ADDRESS,
+            *LOGGING,
+        ),
+    ),  # fmt: skip
+    "ls": Command(
+        "show usage per parent and every pool",
+        "Show used and free addresses per parent, and every pool with its owner, age, gateway and addresses. "
+        "Reads Redis and file:// stores directly (also while a driver runs); for memory:// it asks the running "
+        "driver on --socket.",
+        LS_EXAMPLES,
+        (SOCKET, *STORE_SETTINGS, *PARENTS, *LOGGING),
+        (JSON,),
+    ),
+    "plan": Command(
+        "how many more subnets of a size fit",
+        "Count how many more aligned /N subnets fit in the parents, and show the free blocks per prefix length, "
+        "so fragmentation is visible.",
+        PLAN_EXAMPLES,
+        (SOCKET, *STORE_SETTINGS, *PARENTS, SIZE, COUNT, *LOGGING),
+        (V6, JSON),
+    ),
+    "reconcile": Command(
+        "compare this host's claims with the local engine",
+        "Compare this host's claims with what the local Docker engine uses (networks of this driver, their "
+        "subnets, gateways and endpoint addresses) and list leaks both ways. With --apply, release leaked claims "
+        "older than --grace that the engine still does not use when re-checked, and re-claim what the engine uses "
+        "but the store lacks.",
+        RECONCILE_EXAMPLES,
+        (SOCKET, *STORE_SETTINGS, *PARENTS, DOCKER, DRIVER, GRACE, *LOGGING),
+        (APPLY, JSON),
+    ),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The full command-line interface."""
+    """The full command-line interface. Flags are kept as text: ``resolve`` reads them."""
     root = argparse.ArgumentParser(
         prog="mini-ipam",
         description="A Docker IPAM driver that hands out free subnets of a requested size.",
-        epilog=SERVE_EXAMPLES + ENV_NOTE,
+        epilog=SERVE_EXAMPLES + COMMANDS["serve"].environment_note(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    root.add_argument("--version", action="version", version=f"mini-ipam {__version__}")
-    commands = root.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    serve = _command(commands, root, "serve", "run the driver on the plugin socket",
-                     "Run the IPAM driver. Docker finds it by its socket: mini.sock is --ipam-driver mini.",
-                     SERVE_EXAMPLES)  # fmt: skip
-    serve.socket()
-    serve.add("socket-group", None, "group of the socket (mode 0660) (default: the driver's own group)",
-              metavar="GROUP")  # fmt: skip
-    serve.store()
-    serve.parents()
-    serve.add("default-size", DEFAULT_SIZE4,
-              "prefix length of IPv4 subnets when no size is asked for (default: %(default)s)",
-              prefix_parser(4), metavar="N")  # fmt: skip
-    serve.add("default-size6", DEFAULT_SIZE6,
-              "prefix length of IPv6 subnets when no size6 is asked for (default: %(default)s)",
-              prefix_parser(6), metavar="N")  # fmt: skip
-    serve.add(
-        "host-ttl",
-        30.0,
-        "on a shared store, seconds after which a silent driver's heartbeat lapses; two live drivers with one "
-        "host id are reported within about this time (default: %(default)s)",
-        float,
-        metavar="SECONDS",
-    )
-    serve.add(
-        "local-record",
-        DEFAULT_RECORD,
-        "on a shared store, the file where this driver keeps its own claims, to re-assert them into the map "
-        "if the map is ever lost; empty for none (default: %(default)s)",
-        metavar="FILE",
-    )
-    serve.add(
-        "recovery-window",
-        None,
-        "on a shared store, how long a rebuilt (or new) map hands out no new subnet unless every host has "
-        "re-asserted its claims first, and how long after a server change this driver claims none "
-        "(default: a little over one look at the map by every driver's heartbeat, host-ttl / 15 + 2s: 4s)",
-        duration,
-        metavar="DURATION",
-    )
-    serve.add("threads", 8, "request threads (default: %(default)s)", int, metavar="N")
-    serve.add("metrics-address", None, "also serve GET /metrics, /healthz and /inventory (never the plugin protocol) "
-              "over TCP on this address, e.g. 127.0.0.1:19464 or [::1]:19464 (default and empty: no TCP listener)",
-              listen_address, metavar="HOST:PORT")  # fmt: skip
-    serve.logging()
-
-    ls = _command(commands, root, "ls", "show usage per parent and every pool",
-                  "Show used and free addresses per parent, and every pool with its owner, age, gateway and "
-                  "addresses. Reads Redis and file:// stores directly (also while a driver runs); for memory:// "
-                  "it asks the running driver on --socket.", LS_EXAMPLES)  # fmt: skip
-    ls.socket()
-    ls.store()
-    ls.parents()
-    ls.parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    ls.logging()
-
-    plan = _command(commands, root, "plan", "how many more subnets of a size fit",
-                    "Count how many more aligned /N subnets fit in the parents, and show the free blocks per "
-                    "prefix length, so fragmentation is visible.", PLAN_EXAMPLES)  # fmt: skip
-    plan.socket()
-    plan.store()
-    plan.parents()
-    plan.parser.add_argument("--size", type=prefix_parser(6), required=True, metavar="N", help="the prefix length")
-    plan.parser.add_argument("--v6", action="store_true", help="plan IPv6 subnets (default: IPv4)")
-    plan.parser.add_argument("--count", type=int, metavar="K", help="exit 1 unless K more fit")
-    plan.parser.add_argument("--json", action="store_true", help="print JSON")
-    plan.logging()
-
-    reconcile = _command(commands, root, "reconcile", "compare this host's claims with the local engine",
-                         "Compare this host's claims with what the local Docker engine uses (networks of this "
-                         "driver, their subnets, gateways and endpoint addresses) and list leaks both ways. "
-                         "With --apply, release leaked claims older than --grace that the engine still does not "
-                         "use when re-checked, and re-claim what the engine uses but the store lacks.",
-                         RECONCILE_EXAMPLES)  # fmt: skip
-    reconcile.socket()
-    reconcile.store()
-    reconcile.parents()
-    reconcile.add("docker", "unix:///var/run/docker.sock", "the engine API (default: %(default)s)", metavar="URL")
-    reconcile.add("driver", None, "the driver name the engine knows (default: the socket's file name)",
-                  metavar="NAME")  # fmt: skip
-    reconcile.add("grace", 600.0, "leave claims younger than this alone (default: 10m)", duration,
-                  metavar="DURATION")  # fmt: skip
-    reconcile.parser.add_argument("--apply", action="store_true", help="fix what can be fixed")
-    reconcile.parser.add_argument("--json", action="store_true", help="print JSON")
-    reconcile.logging()
+    version = f"mini-ipam {__version__}"
+    root.add_argument("--version", action="version", version=version)
+    subparsers = root.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, command in COMMANDS.items():
+        parser = subparsers.add_parser(
+            name,
+            help=command.help,
+            description=command.description,
+            epilog=command.examples + command.environment_note(),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        parser.add_argument("--version", action="version", version=version)
+        for setting in command.settings:
+            parser.add_argument(
+                setting.option,
+                dest=setting.dest,
+                default=None,
+                action="append" if setting.many else "store",
+                required=setting.required,
+                metavar=setting.metavar,
+                help=setting.help_text(),
+            )
+        for switch in command.switches:
+            parser.add_argument(f"--{switch.flag}", action="store_true", help=switch.help)
     return root
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a setting's value came from, as a message names it."""
+
+    setting: Setting
+    kind: str  # "flag", "variable" or "default"
+
+    def __str__(self) -> str:
+        if self.kind == "flag":
+            return f"flag {self.setting.option}"
+        if self.kind == "variable":
+            return f"environment variable {self.setting.variable} ({self.setting.option})"
+        return f"the default {self.setting.option}"
+
+
+def resolve(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, Source]:
+    """Replace the text of every setting of ``args.command`` in ``args`` by its value; where each came from.
+
+    Raises SettingError for the first value that cannot be used.
+    """
+    command = COMMANDS[args.command]
+    sources: dict[str, Source] = {}
+    for setting in command.settings:
+        given = getattr(args, setting.dest)
+        variable = environ.get(setting.variable, "") if setting.env else ""
+        if given is not None:
+            source, texts = Source(setting, "flag"), given if setting.many else [given]
+        elif variable.strip():
+            source = Source(setting, "variable")
+            texts = [item for item in variable.split(",") if item.strip()] if setting.many else [variable]
+        else:
+            source = Source(setting, "default")
+            texts = setting.default.split(",") if setting.many else [setting.default]
+        sources[setting.dest] = source
+        if source.kind == "default" and not setting.default:
+            setattr(args, setting.dest, [] if setting.many else None)  # no value: what that means is the command's
+            continue
+        try:
+            parsed = [setting.parse(text) for text in texts]
+        except values.Invalid as exc:
+            raise SettingError(f"{source}: {exc}") from None
+        setattr(args, setting.dest, parsed if setting.many else parsed[0])
+    _check_together(args, sources)
+    return sources
+
+
+def _check_together(args: argparse.Namespace, sources: dict[str, Source]) -> None:
+    """The checks that need more than one setting."""
+    for setting in PARENTS:
+        if setting.dest in sources:
+            _check_parents(getattr(args, setting.dest), sources[setting.dest])
+    if "default_size" in sources:
+        _check_fits(args.default_size, args.pool, sources["default_size"], sources["pool"], 4)
+    if "default_size6" in sources:
+        _check_fits(args.default_size6, args.pool6, sources["default_size6"], sources["pool6"], 6)
+    if "size" in sources and not args.v6 and args.size > SMALLEST[4]:
+        raise SettingError(
+            f"{sources['size']}: /{args.size} is smaller than IPv4 subnets go: an IPv4 size is from 1 to "
+            f"{SMALLEST[4]} (add --v6 to plan IPv6 subnets)"
+        )
+
+
+def _check_parents(parents: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network], source: Source) -> None:
+    for index, parent in enumerate(parents):
+        for earlier in parents[:index]:
+            if parent == earlier:
+                raise SettingError(f"{source}: {parent} is given twice: list each parent once")
+            if parent.overlaps(earlier):
+                larger, smaller = (earlier, parent) if earlier.prefixlen <= parent.prefixlen else (parent, earlier)
+                raise SettingError(
+                    f"{source}: parents {earlier} and {parent} overlap, and parents must not: "
+                    f"{smaller} lies inside {larger}, so give only {larger}, or parents beside it"
+                )
+
+
+def _check_fits(
+    size: int,
+    parents: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network],
+    size_source: Source,
+    parents_source: Source,
+    version: int,
+) -> None:
+    if parents:
+        narrowest = max(parents, key=lambda parent: parent.prefixlen)
+        longest_parent, where = narrowest.prefixlen, f"parent {narrowest} ({parents_source})"
+    else:  # IPv6 without --pool6: the /48 made on first start
+        longest_parent = ULA_PREFIXLEN
+        where = f"the IPv6 parent, a /{ULA_PREFIXLEN} made on first start (no {parents_source.setting.option} given)"
+    if size < longest_parent:
+        raise SettingError(
+            f"{size_source}: /{size} does not fit in {where}: the default size must be a prefix length from "
+            f"{longest_parent} to {SMALLEST[version]}"
+        )

@@ -10,11 +10,11 @@ import stores
 from mini_ipam import __version__
 from mini_ipam.allocator import Allocator
 from mini_ipam.app import create_app
-from mini_ipam.commands.common import CommandError, open_store, settings_from
+from mini_ipam.commands.common import CommandError, open_store, settings_from, what_to_do
 from mini_ipam.driver import Driver
 from mini_ipam.errors import IpamError
 from mini_ipam.metrics import Metrics
-from mini_ipam.operations import Operations
+from mini_ipam.operations import STORE_ADVICE, Operations
 from mini_ipam.operator_app import create_operator_app
 from mini_ipam.operator_listener import ListenerError, OperatorListener
 from mini_ipam.presence import HostPresence
@@ -29,15 +29,15 @@ def serve(args: argparse.Namespace) -> int:
     """Serve until SIGTERM or SIGINT; exit 0 then."""
     settings = settings_from(args)
     store = open_store(args, rebuild=True)
-    _attach(store)
+    answers = _attach(store, args)
     presence = _watch_for_twins(store, args.host_id, args.host_ttl)
     metrics = Metrics()
     allocator = Allocator(TimedStore(store, metrics), settings)
-    try:
-        log.info("IPv6 parents: %s", ", ".join(map(str, allocator.parents6)))
-    except IpamError as exc:
-        # An unreachable store must not keep the socket from opening: the engine may be booting.
-        log.warning("IPv6 parents not known yet: %s", exc)
+    if answers:  # else the IPv6 parents are read from the store once it answers
+        try:
+            log.info("IPv6 parents: %s", ", ".join(map(str, allocator.parents6)))
+        except IpamError as exc:
+            log.warning("IPv6 parents not known yet: %s", exc)
     operations = Operations(allocator, presence, store if isinstance(store, stores.Rebuilding) else None)
     metrics.watch_health(operations.health)  # before create_app's watch_map: see watch_health
     app = create_app(Driver(allocator), operations=operations, metrics=metrics)
@@ -53,8 +53,13 @@ def serve(args: argparse.Namespace) -> int:
         listener = _operator_listener(args, operations, metrics)
         run_server(app, Path(args.socket), threads=args.threads, group=args.socket_group,
                    on_listening=listener.start if listener else None)  # fmt: skip
-    except (SocketInUse, OSError) as exc:
+    except SocketInUse as exc:
         raise CommandError(f"cannot serve on {args.socket}: {exc}") from None
+    except OSError as exc:
+        reason = exc.strerror.lower() if exc.strerror else str(exc)
+        where = f" ({exc.filename})" if exc.filename and exc.filename != args.socket else ""
+        advice = what_to_do(exc, "--socket PATH")
+        raise CommandError(f"cannot serve on {args.socket}{where}: {reason}{advice}") from None
     finally:
         if listener is not None:
             listener.stop()  # before the store closes: a scrape may be reading it
@@ -77,22 +82,26 @@ def _operator_listener(args: argparse.Namespace, operations: Operations, metrics
         raise CommandError(str(exc)) from None
 
 
-def _attach(store: stores.Store) -> None:
-    """On a shared map: adopt it, make it, or rebuild it from this driver's record, before serving."""
-    if not isinstance(store, stores.Rebuilding):
-        return
+def _attach(store: stores.Store, args: argparse.Namespace) -> bool:
+    """Whether the store answers now. On a shared map, adopt it, make it, or rebuild it from this driver's
+    record, before serving. If the store does not answer, a warning: the driver serves anyway (the engine
+    may be booting, or Redis), /healthz says why, and every request attaches first, so nothing is
+    claimed before the map was checked."""
     try:
-        store.start()
+        if isinstance(store, stores.Rebuilding):
+            store.start()
+        else:
+            store.ping()
     except stores.ConfigurationError as exc:
         store.close()
         raise CommandError(str(exc), 2) from None
     except stores.StoreError as exc:
-        # An unreachable store must not keep the socket from opening: the engine may be booting. Every
-        # request attaches first, so nothing is claimed before the map was checked.
-        log.warning("the shared map could not be checked yet: %s", exc)
-        return
-    for warning in store.health.warnings:
-        log.warning("the store: %s", warning)
+        log.warning("the store %s does not answer yet (%s): %s", stores.redact_url(args.store), exc, STORE_ADVICE)
+        return False
+    if isinstance(store, stores.Rebuilding):
+        for warning in store.health.warnings:
+            log.warning("the store: %s", warning)
+    return True
 
 
 def _watch_for_twins(store: stores.Store, host_id: str, ttl: float) -> HostPresence | None:

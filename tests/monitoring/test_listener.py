@@ -163,9 +163,10 @@ def test_a_taken_port_is_one_sentence_and_leaves_no_socket(tmp_path: Path) -> No
         port = taken.getsockname()[1]
         result = serve_refused(tmp_path, "--metrics-address", f"127.0.0.1:{port}")
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1] == (
-        f"mini-ipam serve: cannot listen on 127.0.0.1:{port}: "
-        "the port is already in use (by another mini-ipam, or another exporter?)"
+    line = result.stderr.strip().splitlines()[-1]
+    assert f" ERROR mini_ipam: mini-ipam serve: cannot listen on 127.0.0.1:{port}: the port is already in use" in line
+    assert line.endswith(
+        f"choose another --metrics-address, or stop what listens there (`ss -ltnp 'sport = :{port}'` shows it)"
     )
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "mini.sock").exists()
