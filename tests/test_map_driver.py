@@ -221,7 +221,10 @@ def test_wait_aof_needs_a_server_with_waitaof(tmp_path: Path, server: RedisServe
         has_waitaof = "unknown command" not in str(exc).lower()
     command = [sys.executable, "-m", "mini_ipam", "serve", "--socket", str(tmp_path / "x.sock"), "--store",
                f"{server.url}?prefix=aof&wait_aof=0", "--local-record", str(tmp_path / "x.json")]  # fmt: skip
-    if has_waitaof:  # Redis >= 7.2, Valkey >= 8: the driver serves, and a claim waits for the fsync
+    if has_waitaof:  # Redis >= 7.2, Valkey >= 8: not without an append-only file; with one a claim waits for it
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+        assert result.returncode == 2 and "keeps none" in result.stderr, result.stderr
+        server.client().config_set("appendonly", "yes")
         driver = DriverProcess(tmp_path / "x.sock", *command[6:], "--pool", PARENT, "--recovery-window", "0")
         driver.start()
         try:

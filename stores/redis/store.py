@@ -559,10 +559,10 @@ class RedisStore:
             if isinstance(first, redis.exceptions.NoScriptError) and attempt == 1:
                 self._client.script_load(SCRIPT)
                 continue
-            for result in results:
-                if isinstance(result, Exception):
-                    raise result
-            return first, results[1:]
+            if isinstance(first, Exception):
+                raise first
+            # The change ran: a wait that failed outright is a wait that fell short (undone by the caller).
+            return first, [None if isinstance(result, Exception) else result for result in results[1:]]
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _check_durable(self, request: str, waited: list[Any]) -> None:
@@ -617,11 +617,16 @@ class RedisStore:
             return
         with self._reaching():
             try:
-                self._client.execute_command("WAITAOF", 0, 0, 0)  # type: ignore[no-untyped-call]
+                self._client.execute_command("WAITAOF", 1, 0, 1)  # type: ignore[no-untyped-call]
                 return
             except redis.ResponseError as exc:
+                if "appendonly" in str(exc).lower():
+                    raise ConfigurationError(
+                        f"wait_aof waits for the server's append-only file, and the server at {self._where} "
+                        f"keeps none ({exc}): turn appendonly on (appendfsync always), or drop wait_aof"
+                    ) from None
                 if "unknown command" not in str(exc).lower():
-                    return  # it knows the command (it may still refuse this use of it: the claims will say)
+                    raise
             info = self._client.info("server")
         server = "Valkey" if "valkey_version" in info else "Redis"
         version = info.get("valkey_version") or info.get("redis_version")

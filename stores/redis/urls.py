@@ -63,6 +63,8 @@ class Durability:
     def shortfall(self, replies: list[Any]) -> str | None:
         """What the replies to ``commands()`` fell short of, or None when the change is durable."""
         replies = list(replies)
+        if any(reply is None for reply in replies):
+            return "the server refused to wait"
         if self.replicas is not None:
             got = int(replies.pop(0))
             if got < self.replicas:
