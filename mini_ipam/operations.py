@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any, Protocol
 
 from mini_ipam.allocator import Allocator
 from mini_ipam.errors import IpamError
-from mini_ipam.inventory import Inventory, take_inventory
+from mini_ipam.inventory import (
+    EVERY_POOL,
+    Inventory,
+    ParentView,
+    PoolFilter,
+    PoolView,
+    list_pools,
+    take_inventory,
+    take_summary,
+)
 from stores import MapHealth, Network, Rebuilding, StoreError, StoreUnavailable
 
 STORE_ADVICE = (
@@ -93,6 +104,25 @@ class Operations:
     def inventory(self) -> Inventory:
         """The whole map, read now."""
         return take_inventory(self.allocator.store, self.parents())
+
+    def summary(self) -> Inventory:
+        """The parents' usage, without pools: a bounded cost on a store that counts (see ``take_summary``)."""
+        return take_summary(self.allocator.store, self.parents())
+
+    def parent_views(self, *, free_blocks: bool) -> list[ParentView]:
+        """The parents' usage; with ``free_blocks``, also their free blocks per size (which reads every block)."""
+        counted = self.summary().parents
+        if not free_blocks or all(view.free_blocks is not None for view in counted):
+            return counted
+        scanned = take_inventory(self.allocator.store, self.parents(), with_pools=False).parents
+        return [
+            replace(view, addresses_by_size=known.addresses_by_size)
+            for view, known in zip(scanned, counted, strict=True)
+        ]
+
+    def pools(self, only: PoolFilter = EVERY_POOL) -> Iterator[PoolView]:
+        """The pools ``only`` admits, read one by one (see ``list_pools``)."""
+        return list_pools(self.allocator.store, only)
 
 
 def _map_body(view: MapHealth) -> dict[str, Any]:

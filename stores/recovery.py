@@ -53,6 +53,7 @@ from stores.base import (
     Network,
     NoFreeSubnet,
     Overlap,
+    ParentUsage,
     PoolInfo,
     StoreError,
     StoreTraits,
@@ -239,7 +240,11 @@ class RecoveringStore:
         if self.state.settling_until is not None and time.time() >= self.state.settling_until:
             self.state.settling_until = None
         found = status.identity
-        if self.record is not None and status.alive:
+        intact = known is not None and found is not None and found.id == known.id and found.gen >= known.gen
+        if self.record is not None and status.alive and intact and self.state.lost is None:
+            # Only a map found intact says who its members are: after a flush, the heartbeats that
+            # came back first would leave out the members that have not beaten yet, and a rebuild
+            # would then not wait for their claims.
             self.record.remember(MEMBERS, " ".join(sorted(status.alive)))
         if known is not None and self.state.lost is None:
             if found is None:
@@ -544,6 +549,11 @@ class RecoveringStore:
     def pools(self) -> list[PoolInfo]:
         found: list[PoolInfo] = self._shared(self.shared.pools)
         return found
+
+    def usage(self, parents: Sequence[Network]) -> list[ParentUsage] | None:
+        """The shared map's counters (see ``RedisStore.usage``)."""
+        counted: list[ParentUsage] | None = self._shared(self.shared.usage, parents)
+        return counted
 
     def address_claims(self, subnet: Network, scope: str) -> list[AddressClaim]:
         """The pool's claims; while the map is lost, as this host's record has them."""
