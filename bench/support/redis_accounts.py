@@ -23,7 +23,7 @@ from typing import Any
 SCRIPT_COMMANDS = frozenset({"eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro"})
 """Commands that run server-side code: a store call's whole Redis time is in their ``usec``."""
 
-OWN_COMMANDS = frozenset({"info", "config|resetstat", "config", "ping", "memory|usage", "scan", "dbsize"})
+OWN_COMMANDS = frozenset({"info", "config|resetstat", "config"})
 """Commands this module itself sends to read the accounts; left out of every delta measured between reads."""
 
 UNDO_RECORD_PATTERN = "{{{prefix}}}:req:*"
