@@ -754,10 +754,13 @@ class RedisStore:
             within = f"within {self._timeout}s" if self._timeout is not None else "in time"
             raise StoreUnavailable(f"redis at {self._where} did not answer {within}") from exc
         except MasterNotFoundError as exc:
-            raise StoreUnavailable(
-                f"no sentinel of {self._where} names a primary now (every sentinel is away, or a failover "
-                "is under way); try again"
-            ) from exc
+            refused = any(word in str(exc) for word in ("AuthenticationError", "NOAUTH", "WRONGPASS"))
+            why = (
+                "the sentinels refused the credentials: give theirs as ?sentinel_password= (and sentinel_username=)"
+                if refused
+                else "every sentinel is away, or a failover is under way; try again"
+            )
+            raise StoreUnavailable(f"no sentinel of {self._where} names a primary now ({why})") from exc
         except (redis.ConnectionError, OSError) as exc:
             raise StoreUnavailable(f"could not reach redis at {self._where}: {self._scrub(exc)}") from exc
         except (redis.exceptions.ClusterDownError, redis.exceptions.TryAgainError, RedisClusterException) as exc:
