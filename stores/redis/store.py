@@ -22,8 +22,8 @@ from importlib import resources
 from typing import Any
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+from redis.exceptions import RedisClusterException
+from redis.sentinel import MasterNotFoundError
 
 from stores.base import (
     SHARED,
@@ -50,7 +50,7 @@ from stores.base import (
     StoreTraits,
     StoreUnavailable,
 )
-from stores.redis import codec, urls
+from stores.redis import codec, connect, urls
 from stores.redis.lease import RedisLease
 from stores.redis.server import ServerWatch
 from stores.redis.urls import DEFAULT_PREFIX, Durability
@@ -181,7 +181,7 @@ class RedisStore:
         self._prefix = prefix
         self._keys = f"{{{prefix}}}:"
         self._anchor = [f"{self._keys}settings"]
-        kwargs = getattr(client.connection_pool, "connection_kwargs", {})
+        kwargs = connect.settings_of(client)
         self._where = where or urls.describe(kwargs)
         self._timeout = timeout if timeout is not None else kwargs.get("socket_timeout")
         self._password = kwargs.get("password")
@@ -209,11 +209,14 @@ class RedisStore:
         member: str = "",
         recovery_window: float = 0.0,
     ) -> RedisStore:
-        """Open the store a ``redis://``, ``rediss://`` or ``unix://`` URL names.
+        """Open the store a ``redis://``, ``rediss://``, ``unix://``, ``redis+sentinel://`` or ``redis+cluster://``
+        URL names (see ``stores.redis.connect``).
 
         ``?prefix=NAME`` (default ``mini-ipam``) selects the map; ``?db=N`` the
         database; ``rediss://`` also takes ``ssl_cert_reqs``, ``ssl_ca_certs``,
-        ``ssl_ca_path``, ``ssl_certfile``, ``ssl_keyfile`` and ``ssl_check_hostname``.
+        ``ssl_ca_path``, ``ssl_certfile``, ``ssl_keyfile`` and ``ssl_check_hostname``
+        (so do ``rediss+sentinel://`` and ``rediss+cluster://``; a Sentinel URL also
+        ``sentinel_username`` and ``sentinel_password``, see ``urls.split_seeds_url``).
         ``timeout`` bounds every connect and every round trip; nothing is retried.
         ``read_only`` refuses every call that would change the map, for listings.
         ``wait_replicas=N``, ``wait_aof=N`` and ``wait_timeout=DURATION`` ask for
@@ -223,24 +226,17 @@ class RedisStore:
         """
         if not timeout > 0:
             raise ConfigurationError(f"the store timeout must be a positive number of seconds, not {timeout!r}")
-        client_url, prefix, durability = urls.split_url(url)
         watch = ServerWatch()
-        client = redis.Redis.from_url(
-            client_url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
-            redis_connect_func=watch.on_connect,
-        )
+        opened = connect.open_url(url, timeout=timeout, watch=watch)
         return cls(
-            client,
-            prefix,
-            where=urls.where(client_url),
+            opened.client,
+            opened.prefix,
+            where=opened.where,
             timeout=timeout,
             read_only=read_only,
             member=member,
             recovery_window=recovery_window,
-            durability=durability,
+            durability=opened.durability,
             watch=watch,
         )
 
@@ -434,15 +430,14 @@ class RedisStore:
             self._settle()
         finally:
             with self._reaching():
-                self._client.close()
-                self._client.connection_pool.disconnect()
+                connect.disconnect(self._client)
 
     # -- talking to Redis -------------------------------------------------
 
     def _scan(self, kind: str) -> list[str]:
         """The ``<cidr>`` of every ``{P}:<kind>:<cidr>`` key, each once (SCAN may repeat keys)."""
         head = f"{self._keys}{kind}:"
-        names = (codec.text(key) for key in self._client.scan_iter(match=f"{head}*", count=1000))
+        names = (codec.text(key) for key in connect.scan_at(self._client, self._anchor[0], f"{head}*", 1000))
         return list(dict.fromkeys(name[len(head) :] for name in names))
 
     def _change(self, op: str, *args: str | int, identity: MapIdentity | None = _CURRENT) -> list[Any]:
@@ -581,7 +576,7 @@ class RedisStore:
     def _send_durably(self, args: list[Any]) -> tuple[Any, list[Any]]:
         """EVALSHA and, in the same round trip on the same connection, WAIT and/or WAITAOF."""
         for attempt in (1, 2):
-            pipe = self._client.pipeline(transaction=False)
+            pipe = connect.pipeline_at(self._client, self._anchor[0])
             pipe.execute_command("EVALSHA", self._script.sha, 1, *self._anchor, *args)  # type: ignore[no-untyped-call]
             for command in self.durability.commands():
                 pipe.execute_command(*command)  # type: ignore[no-untyped-call]
@@ -648,7 +643,7 @@ class RedisStore:
             return
         with self._reaching():
             try:
-                self._client.execute_command("WAITAOF", 1, 0, 1)  # type: ignore[no-untyped-call]
+                connect.node_at(self._client, self._anchor[0]).execute_command("WAITAOF", 1, 0, 1)  # type: ignore[no-untyped-call]
                 return
             except redis.ResponseError as exc:
                 if "appendonly" in str(exc).lower():
@@ -658,7 +653,7 @@ class RedisStore:
                     ) from None
                 if "unknown command" not in str(exc).lower():
                     raise
-            info = self._client.info("server")
+            info = connect.node_at(self._client, self._anchor[0]).info("server")
         server = "Valkey" if "valkey_version" in info else "Redis"
         version = info.get("valkey_version") or info.get("redis_version")
         raise ConfigurationError(
@@ -789,8 +784,26 @@ class RedisStore:
         except (redis.TimeoutError, TimeoutError) as exc:
             within = f"within {self._timeout}s" if self._timeout is not None else "in time"
             raise StoreUnavailable(f"redis at {self._where} did not answer {within}") from exc
+        except MasterNotFoundError as exc:
+            refused = any(word in str(exc) for word in ("AuthenticationError", "NOAUTH", "WRONGPASS"))
+            why = (
+                "the sentinels refused the credentials: give theirs as ?sentinel_password= (and sentinel_username=)"
+                if refused
+                else "every sentinel is away, or a failover is under way; try again"
+            )
+            raise StoreUnavailable(f"no sentinel of {self._where} names a primary now ({why})") from exc
         except (redis.ConnectionError, OSError) as exc:
             raise StoreUnavailable(f"could not reach redis at {self._where}: {self._scrub(exc)}") from exc
+        except (redis.exceptions.ClusterDownError, redis.exceptions.TryAgainError, RedisClusterException) as exc:
+            raise StoreUnavailable(
+                f"the cluster at {self._where} cannot serve the map's slot now ({self._scrub(exc)}); try again"
+            ) from exc
+        except redis.exceptions.AskError as exc:  # MOVED too: RedisCluster follows them, so this is one server
+            raise StoreError(
+                f"redis at {self._where} is a Redis Cluster node that does not serve the map's slot "
+                f"(slot {exc.slot_id} is at {exc.host}:{exc.port}): name the cluster, "
+                "redis+cluster://host1:port,host2:port"
+            ) from exc
         except redis.ResponseError as exc:
             message = self._scrub(exc)
             if message.startswith("CORRUPT"):
