@@ -151,9 +151,9 @@ def debian_mirror() -> str:
         return os.environ["MINI_IPAM_DEBIAN_MIRROR"].rstrip("/")
     with contextlib.suppress(OSError):
         text = Path("/etc/apt/sources.list.d/debian.sources").read_text()
-        for uri in re.findall(r"^URIs:\s*(\S+)", text, re.MULTILINE):
-            if "security" not in uri:
-                return uri.rstrip("/")
+        for match in re.finditer(r"^URIs:\s*(\S+)", text, re.MULTILINE):
+            if "security" not in match.group(1):
+                return match.group(1).rstrip("/")
     with contextlib.suppress(OSError):
         for line in Path("/etc/apt/sources.list").read_text().splitlines():
             fields = line.split()
