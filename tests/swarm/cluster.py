@@ -243,7 +243,8 @@ class AddressMap:
         """Read ``store`` now."""
         pools = {}
         for pool in store.pools():
-            pools[(pool.subnet, pool.scope)] = frozenset(store.addresses(pool.subnet, pool.scope))
+            claims = store.address_claims(pool.subnet, pool.scope)
+            pools[(pool.subnet, pool.scope)] = frozenset(claim.address for claim in claims)
         return cls(tuple(store.blocks()), pools)
 
     def overlapping(self, subnet: Network) -> list[Block]:
