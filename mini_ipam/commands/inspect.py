@@ -1,4 +1,8 @@
-"""``mini-ipam ls`` and ``mini-ipam plan``: what the map holds, and what still fits."""
+"""``mini-ipam ls`` and ``mini-ipam plan``: what the map holds, and what still fits.
+
+``ls`` names the Docker network each pool serves when the local engine (``--docker``) can be
+asked, as ``reconcile`` does; without an engine it lists the same, with no names.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,13 @@ import argparse
 import ipaddress
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import stores
 from mini_ipam.allocator import Allocator
 from mini_ipam.commands.common import CommandError, age, open_store, settings_from, table
+from mini_ipam.network_names import name_of, names_by_pool
 from mini_ipam.operations import Operations
 from mini_ipam.pool_id import SMALLEST, too_small
 from mini_ipam.unix_http import UnixHTTPError, get_json
@@ -44,8 +50,11 @@ def _ask_driver(socket_path: str) -> dict[str, Any]:
 
 
 def ls(args: argparse.Namespace) -> int:
-    """Print usage per parent and every pool."""
+    """Print usage per parent and every pool, with the name of the Docker network it serves where known."""
     inventory = _inventory(args)
+    names = names_by_pool(args.docker, args.driver or Path(args.socket).stem)
+    for pool in inventory["pools"]:
+        pool["network"] = name_of(pool["pool_id"], names)
     if args.json:
         print(json.dumps(inventory, indent=2))
         return 0
@@ -56,8 +65,8 @@ def ls(args: argparse.Namespace) -> int:
     ))  # fmt: skip
     print()
     print(table(
-        ["POOL", "SPACE", "OWNER", "AGE", "GATEWAY", "IN USE", "ADDRESSES"],
-        [[p["pool_id"], p["space"] + (" (copy)" if p["copy_of_global"] else ""), p["owner"],
+        ["POOL", "NETWORK", "SPACE", "OWNER", "AGE", "GATEWAY", "IN USE", "ADDRESSES"],
+        [[p["pool_id"], p["network"] or "-", p["space"] + (" (copy)" if p["copy_of_global"] else ""), p["owner"],
           age(p["age_seconds"]), p["gateway"] or "-", len(p["addresses"]), _shorten(p["addresses"])]
          for p in inventory["pools"]],
     ))  # fmt: skip
