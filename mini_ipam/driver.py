@@ -42,6 +42,8 @@ class Driver:
             raise InvalidRequest("SubPool (--ip-range) needs Pool (--subnet)")
         subnet = parse_network(pool_text, "Pool") if pool_text else None
         _refuse_what_swarm_cannot_share(space, v6, subnet, swarm=protocol.is_serial(options))
+        if space == GLOBAL and subnet is not None and subnet.version == 6:
+            v6 = True  # swarm's manager sends V6 false for every subnet, its IPv6 --subnet too
         allocated = self.allocator.request_pool(
             PoolRequest(
                 space=space,

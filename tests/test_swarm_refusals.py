@@ -118,3 +118,14 @@ def test_explicit_swarm_subnets_are_granted_as_before(client: FlaskClient) -> No
     assert request_pool(client, AddressSpace="global", Pool="10.99.4.0/24", Options=SERIAL)[0] == 200
     assert request_pool(client, AddressSpace="local", Pool="10.99.4.0/24", Options=SERIAL)[0] == 200
     assert request_pool(client, AddressSpace="global", Pool="", Options={**SERIAL, "size": "27"})[0] == 200
+
+
+def test_the_managers_ipv6_subnet_is_granted_although_it_says_v6_false(client: FlaskClient) -> None:
+    # swarmkit's allocator sends V6 false for every configured subnet: the subnet itself says IPv6.
+    status, reply = request_pool(client, AddressSpace="global", Pool="fd12:3456:789a:1::/64", Options=SERIAL)
+    assert (status, reply.get("Pool")) == (200, "fd12:3456:789a:1::/64"), reply
+    status, reply = request_pool(client, AddressSpace="local", Pool="fd12:3456:789a:1::/64", Options=SERIAL, V6=True)
+    assert (status, reply.get("PoolID")) == (200, "local/fd12:3456:789a:1::/64"), reply
+    # a local network still says what it is: an IPv6 subnet on an IPv4 request is refused there
+    status, reply = request_pool(client, Pool="fd12:3456:789a:2::/64")
+    assert status == 400 and "is not an IPv4 subnet" in reply["Err"], reply
