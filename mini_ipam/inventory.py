@@ -182,8 +182,15 @@ def list_pools(
         yield view
 
 
-def inventory_json(parents: Sequence[ParentView], pools: Iterable[PoolView], taken_at: float) -> Iterator[str]:
+def inventory_json(
+    parents: Sequence[ParentView],
+    pools: Iterable[PoolView],
+    taken_at: float,
+    decorate: Callable[[dict[str, Any]], None] | None = None,
+) -> Iterator[str]:
     """The inventory's JSON in pieces, one pool at a time, so that a long listing streams.
+
+    ``decorate`` may add to each pool's JSON object before it is written.
 
     A store error while the pools are read ends the list early, and the document then
     carries ``"error"`` (the reply's status was sent with the first piece).
@@ -192,7 +199,10 @@ def inventory_json(parents: Sequence[ParentView], pools: Iterable[PoolView], tak
     separator = ""
     try:
         for pool in pools:
-            yield separator + json.dumps(pool.to_json(taken_at))
+            body = pool.to_json(taken_at)
+            if decorate is not None:
+                decorate(body)
+            yield separator + json.dumps(body)
             separator = ", "
     except StoreError as exc:
         yield f'], "error": {json.dumps(f"the listing stopped early: {exc}")}}}'

@@ -254,6 +254,7 @@ examples:
   mini-ipam ls --owner host-a --parent 10.10.0.0/16 --limit 50
   mini-ipam ls --json | jq '.pools[] | select(.owner == "host-a")'
   mini-ipam ls --store redis://redis.example:6379/0 --pool 10.10.0.0/16
+  mini-ipam ls --docker unix:///var/run/docker.sock   the network names from that engine
 
 """
 
@@ -321,9 +322,10 @@ COMMANDS: dict[str, Command] = {
         "show usage per parent and every pool",
         "Show used and free addresses per parent, and every pool with its owner, age, gateway and addresses. "
         "Reads Redis and file:// stores directly (also while a driver runs); for memory:// it asks the running "
-        "driver on --socket.",
+        "driver on --socket. Each pool shows the name of the Docker network it serves when the engine on --docker "
+        "can be asked (without one, no names).",
         LS_EXAMPLES,
-        (SOCKET, *STORE_SETTINGS, *PARENTS, PARENT, OWNER, LIMIT, *LOGGING),
+        (SOCKET, *STORE_SETTINGS, *PARENTS, PARENT, OWNER, LIMIT, DOCKER, DRIVER, *LOGGING),
         (SUMMARY, JSON),
     ),
     "plan": Command(

@@ -1,4 +1,8 @@
-"""``mini-ipam ls`` and ``mini-ipam plan``: what the map holds, and what still fits."""
+"""``mini-ipam ls`` and ``mini-ipam plan``: what the map holds, and what still fits.
+
+``ls`` names the Docker network each pool serves when the local engine (``--docker``) can be
+asked, as ``reconcile`` does; without an engine it lists the same, with no names.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -16,6 +21,7 @@ import stores
 from mini_ipam.allocator import Allocator
 from mini_ipam.commands.common import CommandError, age, open_store, settings_from, table
 from mini_ipam.inventory import PoolFilter, inventory_json, list_pools
+from mini_ipam.network_names import name_of, names_by_pool
 from mini_ipam.operations import Operations
 from mini_ipam.pool_id import SMALLEST, too_small
 from mini_ipam.unix_http import UnixHTTPError, get_json
@@ -65,19 +71,28 @@ def _ask_driver(socket_path: str, path: str) -> dict[str, Any]:
 def _listing(args: argparse.Namespace) -> Iterator[str]:
     """What ``ls`` shows, as JSON text in pieces: the pools stream as they are read."""
     only = PoolFilter(args.parent, args.owner, args.limit)
+    names = {} if args.summary else names_by_pool(args.docker, args.driver or Path(args.socket).stem)
+
+    def name_it(pool: dict[str, Any]) -> None:
+        pool["network"] = name_of(pool["pool_id"], names)
+
     if _in_process(args):
         query = {"pools": "0" if args.summary else "1"}
         query |= {k: str(v) for k, v in (("parent", args.parent), ("owner", args.owner), ("limit", args.limit)) if v}
-        yield json.dumps(_ask_driver(args.socket, "/inventory?" + urlencode(query)))
+        inventory = _ask_driver(args.socket, "/inventory?" + urlencode(query))
+        for pool in inventory["pools"]:
+            name_it(pool)
+        yield json.dumps(inventory)
         return
     with _operations(args) as operations:
         parents = operations.parent_views(free_blocks=False)
         pools = iter(()) if args.summary else list_pools(operations.allocator.store, only, _progress())
-        yield from inventory_json(parents, pools, time.time())
+        yield from inventory_json(parents, pools, time.time(), name_it)
 
 
 def ls(args: argparse.Namespace) -> int:
-    """Print usage per parent and the pools (``--summary``: the parents only)."""
+    """Print usage per parent and the pools (``--summary``: the parents only), each pool with the name of the
+    Docker network it serves where the local engine tells it."""
     if args.json:
         for piece in _listing(args):
             sys.stdout.write(piece)
@@ -95,8 +110,8 @@ def ls(args: argparse.Namespace) -> int:
         return 0
     print()
     print(table(
-        ["POOL", "SPACE", "OWNER", "AGE", "GATEWAY", "IN USE", "ADDRESSES"],
-        [[p["pool_id"], p["space"] + (" (copy)" if p["copy_of_global"] else ""), p["owner"],
+        ["POOL", "NETWORK", "SPACE", "OWNER", "AGE", "GATEWAY", "IN USE", "ADDRESSES"],
+        [[p["pool_id"], p["network"] or "-", p["space"] + (" (copy)" if p["copy_of_global"] else ""), p["owner"],
           age(p["age_seconds"]), p["gateway"] or "-", len(p["addresses"]), _shorten(p["addresses"])]
          for p in inventory["pools"]],
     ))  # fmt: skip

@@ -68,7 +68,7 @@ STATE_MOUNT = Path("/var/lib/mini-ipam")
 
 _REQUEST = re.compile(
     r'msg="\S+ \S+ (?P<level>[A-Z]+) mini_ipam\.requests: (?P<method>\w+) pool=(?P<pool>\S+) (?P<outcome>.*?)'
-    r' [\d.]+ms" plugin=(?P<plugin>[0-9a-f]{64})$'
+    r'(?: \[asked [^\]]*\])? [\d.]+ms" plugin=(?P<plugin>[0-9a-f]{64})$'
 )
 _PLUGIN_PROBLEM = re.compile(r'msg="\S+ \S+ (WARNING|ERROR|CRITICAL) .*" plugin=[0-9a-f]{64}$')
 _ENGINE_PROBLEM = re.compile(r"\blevel=(error|warning|fatal)\b")
@@ -243,9 +243,8 @@ class AddressMap:
         """Read ``store`` now."""
         pools = {}
         for pool in store.pools():
-            pools[(pool.subnet, pool.scope)] = frozenset(
-                claim.address for claim in store.address_claims(pool.subnet, pool.scope)
-            )
+            claims = store.address_claims(pool.subnet, pool.scope)
+            pools[(pool.subnet, pool.scope)] = frozenset(claim.address for claim in claims)
         return cls(tuple(store.blocks()), pools)
 
     def overlapping(self, subnet: Network) -> list[Block]:
