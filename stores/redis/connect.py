@@ -200,6 +200,11 @@ class LazyCluster:
             self._made.close()
 
 
+def is_cluster(client: Any) -> bool:
+    """Whether ``client`` talks to a Redis Cluster (and follows its redirections)."""
+    return isinstance(client, LazyCluster | RedisCluster)
+
+
 def settings_of(client: Any) -> dict[str, Any]:
     """The connection settings a client was made with (for messages: timeout, password to scrub)."""
     if isinstance(client, LazyCluster):
@@ -270,8 +275,8 @@ class _SlotPipeline:
         self._commands.append(args)
 
     def execute(self, raise_on_error: bool = True) -> list[Any]:
-        """Send the queued commands to the slot's owner; once more after a MOVED (nothing ran then)."""
-        for attempt in (1, 2):
+        """Send the queued commands to the slot's owner; again after a MOVED (nothing ran then), at most twice."""
+        for attempt in (1, 2, 3):
             node = self._cluster.get_node_from_key(self._key)  # type: ignore[no-untyped-call]
             pipe = self._cluster.get_redis_connection(node).pipeline(transaction=False)
             for command in self._commands:
@@ -282,8 +287,11 @@ class _SlotPipeline:
                 self._refresh(node)
                 raise
             first = results[0] if results else None
-            if isinstance(first, MovedError) and attempt == 1:
-                self._cluster.nodes_manager.move_slot(first)
+            if isinstance(first, MovedError) and attempt < 3:
+                if attempt == 1:
+                    self._cluster.nodes_manager.move_slot(first)
+                else:  # redirected again: the nodes disagree for a moment (a failover): read the topology
+                    self._refresh(node)
                 continue
             if isinstance(first, AskError):
                 # The slot is being moved and this part of the map is on its way: nothing ran.

@@ -767,7 +767,11 @@ class RedisStore:
             raise StoreUnavailable(
                 f"the cluster at {self._where} cannot serve the map's slot now ({self._scrub(exc)}); try again"
             ) from exc
-        except redis.exceptions.AskError as exc:  # MOVED too: RedisCluster follows them, so this is one server
+        except redis.exceptions.AskError as exc:  # MOVED too
+            if connect.is_cluster(self._client):  # still redirected after following: the slot is on its way
+                raise StoreUnavailable(
+                    f"the cluster at {self._where} is moving the map's slot (to {exc.host}:{exc.port}); try again"
+                ) from exc
             raise StoreError(
                 f"redis at {self._where} is a Redis Cluster node that does not serve the map's slot "
                 f"(slot {exc.slot_id} is at {exc.host}:{exc.port}): name the cluster, "
