@@ -378,10 +378,11 @@ class RedisStore:
         return sorted(claims, key=lambda claim: int(claim.address))
 
     def ping(self) -> None:
-        """One PING round trip; StoreUnavailable when Redis does not answer in time."""
+        """One PING round trip (on a cluster, to the node serving the map); StoreUnavailable when Redis does not
+        answer in time."""
         self._settle()
         with self._reaching():
-            self._client.ping()
+            connect.node_at(self._client, self._anchor[0]).ping()
 
     def setting(self, name: str) -> str | None:
         reply = self._call("setting", name)
@@ -779,6 +780,10 @@ class RedisStore:
             ) from exc
         except redis.ResponseError as exc:
             message = self._scrub(exc)
+            if "non local key" in message and connect.is_cluster(self._client):
+                raise StoreUnavailable(
+                    f"the cluster at {self._where} is moving the map's slot to another node; try again"
+                ) from exc
             if message.startswith("CORRUPT"):
                 raise CorruptState(f"redis at {self._where}: {message}") from exc
             raise StoreError(f"redis at {self._where} refused the request: {message}{_hint(message)}") from exc
