@@ -4,6 +4,9 @@
   ``/var/tmp/mini-ipam-swarm`` (``MINI_IPAM_SWARM_CACHE``) under a key made of the recipe
   only; ``MINI_IPAM_DEBIAN_MIRROR`` picks the mirror. ~90 s the first time, then free.
 * ``plugin_build``: ``scripts/build-plugin.sh`` once per session on a builder engine.
+* ``plugin_registry``: ``scripts/build-plugin.sh --push`` once per session to Debian's
+  ``docker-registry`` (as tag ``1``, then tagged ``2`` too); every swarm below runs a registry on its own
+  lab LAN over that storage, and each node gets the plugin with ``docker plugin install``.
 * ``two_node_swarm`` (a manager and a worker), ``three_manager_swarm`` and
   ``file_swarm`` (one node, ``file://`` store): per module, torn down after it. The
   function-scoped ``two_nodes``, ``three_managers`` and ``one_node`` empty the swarm
@@ -33,8 +36,12 @@ import stores
 from stores.file import FileStore
 from tests.e2e.engines import BusyboxImage, Engine, EngineUnavailable, Lab, Namespace, scratch_directory
 from tests.servers import RedisServer, require_binary, unavailable
+from tests.swarm import registry as plugin_registry_
 from tests.swarm.cluster import (
+    BASE_IMAGE,
     DEFAULT_MIRROR,
+    PARENT,
+    PLUGIN,
     STATE_MOUNT,
     AddressMap,
     Cluster,
@@ -43,6 +50,7 @@ from tests.swarm.cluster import (
     debootstrap_base,
     settle,
 )
+from tests.swarm.registry import Registry
 
 PREFIX = f"mini-swarm-{os.getpid()}"
 """Names this run's namespaces: ``mini-swarm-<pid>-<cluster>-<node>``."""
@@ -132,6 +140,65 @@ def plugin_build(swarm_dir: Path, base_tarball: Path) -> PluginBuild:
 
 
 @pytest.fixture(scope="session")
+def plugin_registry(swarm_machine: dict[str, str], swarm_dir: Path, base_tarball: Path) -> Path:
+    """The plugin built once and pushed to a local registry, under every tag of ``registry.TAGS``.
+
+    Returns the registry's storage: each swarm serves it on its own LAN (``_lab_registry``).
+    The builder is an engine of ours on a LAN of its own with the registry.
+    """
+    binary = require_binary("docker-registry")
+    directory = swarm_dir / "registry"
+    storage = directory / "storage"
+    lab = Lab(f"{PREFIX}-push-lan")
+    registry = Registry(binary, directory / "push", storage, Namespace(f"{PREFIX}-push-reg"))
+    namespace = Namespace(f"{PREFIX}-pusher")
+    overlay = "overlay" in Path("/proc/filesystems").read_text().split()
+    builder = Engine("pusher", directory / "pusher", namespace, storage_driver="overlay2" if overlay else "vfs")
+    plugin_registry_.trust(builder)
+    try:
+        try:
+            lab.create()
+            registry.start(lab)
+            namespace.create()
+            lab.attach(namespace)
+            builder.start()
+            builder.wait_ready()
+        except (EngineUnavailable, OSError, AssertionError) as exc:
+            unavailable(f"cannot start a Docker engine and a registry here: {exc}")
+        with timed("push the plugin to a local registry (import base, build-plugin.sh --push)"):
+            builder.docker("import", str(base_tarball), BASE_IMAGE, check=True, timeout=300)
+            pushed = plugin_registry_.push_plugin(builder, BASE_IMAGE, ROOT / "scripts" / "build-plugin.sh")
+            for tag in plugin_registry_.TAGS[1:]:
+                registry.tag(plugin_registry_.TAGS[0], tag)
+    finally:
+        try:
+            builder.destroy()
+            namespace.delete()
+            registry.stop()
+        finally:
+            lab.delete()
+            shutil.rmtree(directory / "pusher", ignore_errors=True)
+    for step, seconds in pushed.items():
+        TIMINGS[f"  {step}"] = seconds
+    return storage
+
+
+def _lab_registry(storage: Path, directory: Path, prefix: str) -> Registry:
+    """A registry for one swarm's LAN, serving what ``plugin_registry`` pushed."""
+    binary = shutil.which("docker-registry") or "docker-registry"  # plugin_registry required it already
+    return Registry(binary, directory, storage, Namespace(f"{prefix}-reg"))
+
+
+def _install_from_registry(node: Node, *, store: str, state: Path) -> None:
+    """``docker plugin install`` the first tag, its settings on the line (as ``Node.enable_plugin`` sets them)."""
+    settings = {
+        "state.source": str(state), "MINI_IPAM_STORE": store, "MINI_IPAM_HOST_ID": node.name,
+        "MINI_IPAM_POOL": str(PARENT), "MINI_IPAM_LOG_LEVEL": "debug",
+    }  # fmt: skip
+    plugin_registry_.install(node.engine, PLUGIN, plugin_registry_.reference(plugin_registry_.TAGS[0]), settings)
+
+
+@pytest.fixture(scope="session")
 def swarm_image(swarm_machine: dict[str, str], swarm_dir: Path) -> BusyboxImage:
     """The tasks' image (busybox), made once and loaded on every node."""
     return BusyboxImage(swarm_machine["busybox"], swarm_dir / "image")
@@ -141,26 +208,26 @@ def swarm_image(swarm_machine: dict[str, str], swarm_dir: Path) -> BusyboxImage:
 
 
 def _bring_up(
-    cluster: Cluster, plugin: PluginBuild, image: BusyboxImage, *, store: str, state: Callable[[Node], Path]
+    cluster: Cluster, registry: Registry, image: BusyboxImage, *, store: str, state: Callable[[Node], Path]
 ) -> None:
-    """Install the plugin, start the engines, configure and enable the plugin, load the image.
+    """Start the LAN's registry and the engines, install the plugin from the registry on each, load the image.
 
-    Only an engine that cannot start skips (fails in CI); everything after that is the
-    plugin's or the swarm's business and errors the tests.
+    Only an engine (or the registry) that cannot start skips (fails in CI); everything after
+    that is the plugin's or the swarm's business and errors the tests.
     """
     assert cluster.lab is not None
-    with ThreadPoolExecutor(len(cluster.nodes)) as pool:
-        list(pool.map(lambda node: plugin.install(node.engine), cluster.nodes))
     try:
         cluster.lab.create()
+        registry.start(cluster.lab)  # first on the LAN: it is registry.HOST on every swarm's LAN
         for node in cluster.nodes:
+            plugin_registry_.trust(node.engine)
             node.start(cluster.lab)
         for node in cluster.nodes:
             node.engine.wait_ready()
     except (EngineUnavailable, OSError, AssertionError) as exc:
-        unavailable(f"cannot start a Docker engine here: {exc}")
+        unavailable(f"cannot start a Docker engine and a registry here: {exc}")
     with ThreadPoolExecutor(len(cluster.nodes)) as pool:
-        list(pool.map(lambda node: node.enable_plugin(store=store, state=state(node)), cluster.nodes))
+        list(pool.map(lambda node: _install_from_registry(node, store=store, state=state(node)), cluster.nodes))
     image.install(cluster.nodes[0].engine)
     with ThreadPoolExecutor(len(cluster.nodes)) as pool:
         list(pool.map(image.install, [node.engine for node in cluster.nodes[1:]]))
@@ -196,7 +263,7 @@ REDIS_STORE = f"unix://{STATE_MOUNT}/redis.sock"
 
 @contextmanager
 def _redis_cluster(
-    directory: Path, names: Sequence[str], tag: str, plugin: PluginBuild, image: BusyboxImage
+    directory: Path, names: Sequence[str], tag: str, plugin: Path, image: BusyboxImage
 ) -> Iterator[Cluster]:
     """Nodes on one LAN whose plugins share one real Redis, up and ready for ``swarm init``."""
     (directory / "redis").mkdir(parents=True)
@@ -208,26 +275,28 @@ def _redis_cluster(
         read_map=lambda: AddressMap.read(store),
         lab=Lab(f"{PREFIX}-{tag}-lan"),
     )
+    registry = _lab_registry(plugin, directory / "registry", f"{PREFIX}-{tag}")
     try:
-        _bring_up(cluster, plugin, image, store=REDIS_STORE, state=lambda _: redis.directory)
+        _bring_up(cluster, registry, image, store=REDIS_STORE, state=lambda _: redis.directory)
         yield cluster
     finally:
         try:
             cluster.destroy()
         finally:
+            registry.stop()
             store.close()
             redis.stop()
 
 
 @pytest.fixture(scope="module")
 def two_node_swarm(
-    request: pytest.FixtureRequest, swarm_dir: Path, plugin_build: PluginBuild, swarm_image: BusyboxImage
+    request: pytest.FixtureRequest, swarm_dir: Path, plugin_registry: Path, swarm_image: BusyboxImage
 ) -> Iterator[Cluster]:
     """A manager (``m1``) and a worker (``w1``), their plugins on one real Redis; a new pair per module."""
     module = request.module.__name__.rsplit(".", 1)[-1]
     tag = f"p{next(_pairs)}"
     started = time.monotonic()
-    with _redis_cluster(swarm_dir / f"pair-{module}", ("m1", "w1"), tag, plugin_build, swarm_image) as cluster:
+    with _redis_cluster(swarm_dir / f"pair-{module}", ("m1", "w1"), tag, plugin_registry, swarm_image) as cluster:
         manager, worker = cluster.nodes
         cluster.init(manager)
         cluster.join(worker, manager)
@@ -244,10 +313,10 @@ def two_nodes(two_node_swarm: Cluster) -> Iterator[Cluster]:
 
 
 @pytest.fixture(scope="module")
-def three_manager_swarm(swarm_dir: Path, plugin_build: PluginBuild, swarm_image: BusyboxImage) -> Iterator[Cluster]:
+def three_manager_swarm(swarm_dir: Path, plugin_registry: Path, swarm_image: BusyboxImage) -> Iterator[Cluster]:
     """Three managers (``m1`` leads first), their plugins on one real Redis."""
     started = time.monotonic()
-    with _redis_cluster(swarm_dir / "trio", ("m1", "m2", "m3"), "t", plugin_build, swarm_image) as cluster:
+    with _redis_cluster(swarm_dir / "trio", ("m1", "m2", "m3"), "t", plugin_registry, swarm_image) as cluster:
         first, *others = cluster.nodes
         cluster.init(first)
         for node in others:
@@ -269,7 +338,7 @@ FILE_STORE = f"file://{STATE_MOUNT}/state.json"
 
 
 @pytest.fixture(scope="module")
-def file_swarm(swarm_dir: Path, plugin_build: PluginBuild, swarm_image: BusyboxImage) -> Iterator[Cluster]:
+def file_swarm(swarm_dir: Path, plugin_registry: Path, swarm_image: BusyboxImage) -> Iterator[Cluster]:
     """A one-node swarm whose plugin keeps its claims in a state file (``file://``, no Redis).
 
     The state file is read with ``FileStore(path, read_only=True)`` while the plugin runs.
@@ -287,14 +356,18 @@ def file_swarm(swarm_dir: Path, plugin_build: PluginBuild, swarm_image: BusyboxI
 
     node = Node("s1", directory / "s1", prefix=f"{PREFIX}-f")
     cluster = Cluster([node], read_map=read_map, lab=Lab(f"{PREFIX}-f-lan"))
+    registry = _lab_registry(plugin_registry, directory / "registry", f"{PREFIX}-f")
     try:
         with timed("one-node file:// swarm: engine, plugin, image, swarm"):
-            _bring_up(cluster, plugin_build, swarm_image, store=FILE_STORE, state=lambda _: state)
+            _bring_up(cluster, registry, swarm_image, store=FILE_STORE, state=lambda _: state)
             cluster.init(node)
             cluster.wait_ready(node, ["s1"])
         yield cluster
     finally:
-        cluster.destroy()
+        try:
+            cluster.destroy()
+        finally:
+            registry.stop()
 
 
 @pytest.fixture
