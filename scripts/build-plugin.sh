@@ -33,7 +33,8 @@ else
     shift
   fi
   if [ "$push" = "1" ]; then
-    name="${1:?usage: build-plugin.sh --push REGISTRY/mini-ipam:TAG}"
+    [ "$#" -ge 1 ] || { echo "usage: build-plugin.sh --push REGISTRY/mini-ipam:TAG" >&2; exit 2; }
+    name="$1"
   else
     name="${1:-mini}"
   fi
