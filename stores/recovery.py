@@ -333,7 +333,13 @@ class RecoveringStore:
                 stored = self.shared.restore_setting(name, value, identity)
                 if stored != value:
                     conflicts.append(f"setting {name}: the map has {stored}, this host had {value}")
-            discarded = self._discard_ghosts(identity)
+            if known is None:
+                # A record that knew no map (a first start, a record deleted or moved, an upgrade from a
+                # version that kept none) is no list of what this member holds: what the map holds for
+                # it is real, so nothing is dropped, and the record learns it once adopted (below).
+                self.shared.cleaned(identity)
+            else:
+                discarded = self._discard_ghosts(identity)
             refused: list[tuple[PoolInfo, list[AddressClaim], Block]] = []
             for attempt in range(2):
                 todo = list(self.record.holdings()) if attempt == 0 else [(p, c) for p, c, _ in refused]
@@ -354,6 +360,8 @@ class RecoveringStore:
             ]
         until = self.shared.restored(identity)
         self.shared.adopt(identity)
+        if known is None and self.record is not None:
+            self._adopt_holdings()
         if self.record is not None:
             self.record.remember(MAP_ID, identity.id)
             self.record.remember(MAP_GEN, str(identity.gen))
@@ -380,6 +388,17 @@ class RecoveringStore:
                 if until else "")  # fmt: skip
         for listener in self.listeners:
             listener("rebuilt", self.state.last_rebuild)
+
+    def _adopt_holdings(self) -> None:
+        """Copy into the record the pools (with their addresses) that the map holds for this member."""
+        assert self.record is not None
+        member = self.shared.member
+        for pool in self.shared.pools():
+            if pool.owner != member or self.record.pool(pool.subnet, pool.scope) is not None:
+                continue
+            self.record.keep_pool(pool)
+            for claim in self.shared.address_claims(pool.subnet, pool.scope):
+                self.record.keep_address(pool.subnet, pool.scope, claim)
 
     def _discard_ghosts(self, identity: MapIdentity) -> int:
         """Close the pools the map holds for this member that its record does not: after the map came
