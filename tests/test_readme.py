@@ -14,12 +14,14 @@ is a real one, and the switches it says have no variable have none.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from mini_ipam.commands.flags import COMMANDS, SettingError, build_parser, resolve
 
@@ -214,3 +216,20 @@ def test_a_renamed_flag_would_fail() -> None:
     with pytest.raises(pytest.fail.Exception):
         _parse(example, _words(example)[1])
     assert _flags_named(["ls", "--summ"]) - _known_flags("ls") == {"--summ"}
+
+
+def test_the_compose_example_asks_for_sizes_the_way_every_compose_version_passes_on() -> None:
+    """The README's compose file: every mini network asks for a size with an "any" subnet (0.0.0.0/N, ::/N),
+    never with ``ipam.options``, which compose v2 drops."""
+    text = README.read_text(encoding="utf-8")
+    blocks = re.findall(r"```yaml\n(services:.*?)```", text, re.DOTALL)
+    assert len(blocks) == 1, "the README's compose example is gone"
+    project = yaml.safe_load(blocks[0])
+    networks = project["networks"]
+    assert networks, project
+    for name, network in networks.items():
+        ipam = network["ipam"]
+        assert ipam["driver"] == "mini" and "options" not in ipam, (name, ipam)
+        subnets = [ipaddress.ip_network(item["subnet"]) for item in ipam["config"]]
+        assert subnets and all(int(subnet.network_address) == 0 for subnet in subnets), (name, subnets)
+        assert network.get("enable_ipv6", False) == any(subnet.version == 6 for subnet in subnets), name
