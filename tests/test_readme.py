@@ -188,6 +188,17 @@ def test_serve_version_works_as_the_readme_says() -> None:
         assert exit_info.value.code == 0, args
 
 
+def test_the_flags_the_readme_says_have_a_variable_have_one() -> None:
+    text = " ".join(README.read_text(encoding="utf-8").split())
+    match = re.search(r"Every flag of `serve`, and ([^.]*) of the other commands, can also be given", text)
+    assert match, "the README's sentence about flags with a variable is gone"
+    listed = set(re.findall(r"`(--[a-z0-9-]+)`", match.group(1)))
+    serve = {s.option for s in COMMANDS["serve"].settings}
+    others = {s.option for name, c in COMMANDS.items() if name != "serve" for s in c.settings if s.env} - serve
+    assert all(s.env for s in COMMANDS["serve"].settings) and not COMMANDS["serve"].switches
+    assert listed == others, (sorted(listed), sorted(others))
+
+
 def test_every_variable_the_readme_names_exists() -> None:
     text = README.read_text(encoding="utf-8")
     variables = {s.variable for command in COMMANDS.values() for s in command.settings if s.env}
@@ -196,10 +207,10 @@ def test_every_variable_the_readme_names_exists() -> None:
     assert named <= variables | INSTALL_VARIABLES, sorted(named - variables - INSTALL_VARIABLES)
 
 
-def test_the_switches_the_readme_says_have_no_variable_have_none() -> None:
+def test_the_flags_the_readme_says_have_no_variable_have_none() -> None:
     text = " ".join(README.read_text(encoding="utf-8").split())
-    match = re.search(r"The switches of the other commands \(([^)]*)\) have no variable", text)
-    assert match, "the README's sentence about switches without a variable is gone"
+    match = re.search(r"The other commands' own flags \(([^)]*)\) have no variable", text)
+    assert match, "the README's sentence about flags without a variable is gone"
     listed = set(re.findall(r"`(--[a-z0-9-]+)`", match.group(1)))
     with_variable = {s.option for command in COMMANDS.values() for s in command.settings if s.env}
     without = {f"--{s.flag}" for command in COMMANDS.values() for s in command.switches} | {
