@@ -227,3 +227,39 @@ def test_a_durable_ack_on_a_cluster_waits_for_the_replica_of_the_map_s_owner(clu
 def test_a_cluster_url_with_a_database_is_refused() -> None:
     with pytest.raises(ConfigurationError, match="only database 0"):
         RedisStore.from_url("redis+cluster://127.0.0.1:7000/3")
+
+
+@pytest.mark.parametrize("first", ["anchor", "tree"])
+def test_while_the_map_s_slot_migrates_no_call_sees_half_a_map(cluster: ClusterSetup, first: str) -> None:
+    """Some keys of the map on the importing node, the rest still on the migrating one: refused, never a duplicate.
+
+    ``anchor``: the key every script call names (and the map's identity) arrived first, so
+    the migrating node answers ASK; a script sent on to the importing node would find
+    no tree there and hand out the first blocks again. ``tree``: the tree left first; a
+    script on the migrating node touches it and the server refuses the script.
+    """
+    prefix = fresh_prefix()
+    slot = cluster.slot_of(f"{{{prefix}}}:settings")
+    store = RedisStore.from_url(cluster_url(cluster.seeds, prefix), timeout=TIMEOUT, member="h1")
+    try:
+        store.make_setting("kept", "1")  # the anchor key exists
+        held = [claim(store) for _ in range(3)]
+        target = next(node for node in cluster.masters if node is not cluster.owner_of(slot))
+        source = cluster.begin_migration(slot, target)
+        wanted = {"anchor": (":settings", ":map"), "tree": (":tree:", ":slot:")}[first]
+        keys = [key for key in source.call("CLUSTER", "GETKEYSINSLOT", slot, 1000) if key.endswith(wanted) or any(
+            part in key for part in wanted)]  # fmt: skip
+        cluster.move_keys(slot, source, target, keys)
+        for _ in range(3):
+            with pytest.raises(StoreUnavailable, match="moving the map's slot|being moved"):
+                claim(store)
+        with pytest.raises(StoreUnavailable, match="moving the map's slot|being moved"):
+            store.blocks()  # a listing that would miss the keys on their way
+        cluster.move_keys(slot, source, target)
+        cluster.finish_migration(slot, source, target)
+        got, _ = ride_through(lambda: claim(store))
+        held.append(got)
+        assert len(set(held)) == 4
+        assert {block.subnet for block in store.blocks()} == set(held)
+    finally:
+        store.close()

@@ -102,7 +102,8 @@ STORE = Setting(
     values.store_url,
     DEFAULT_STORE,
     "where claims are kept: memory://, file:///path.json, redis://host:port/db, rediss://..., "
-    "unix:///path/redis.sock (default: the file store at /var/lib/mini-ipam/state.json)",
+    "unix:///path/redis.sock, redis+sentinel://host1:26379,host2:26379/SERVICE, "
+    "redis+cluster://host1:port,host2:port (default: the file store at /var/lib/mini-ipam/state.json)",
     "URL",
 )
 STORE_TIMEOUT = Setting(

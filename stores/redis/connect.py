@@ -186,6 +186,23 @@ class LazyCluster:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.cluster(), name)
 
+    def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
+        """EVALSHA on the node that serves the script's first key; a MOVED is followed, an ASK is not.
+
+        While a slot migrates, its keys are on two nodes. A script that RedisCluster
+        sent on after an ASK would run on the importing node with the keys that have
+        arrived there only, and could find part of the map missing: the map's tree,
+        say, with its blocks then handed out again. So an ASK fails the call (the slot
+        is on its way; the next call, once it has arrived, goes through). On the
+        migrating node, a script that touches a key that has left fails in the server.
+        """
+        cluster = self.cluster()
+        if not numkeys:
+            return cluster.evalsha(sha, numkeys, *keys_and_args)
+        pipe = _SlotPipeline(cluster, keys_and_args[0])
+        pipe.execute_command("EVALSHA", sha, numkeys, *keys_and_args)
+        return pipe.execute()[0]
+
     def get_encoder(self) -> Any:
         """The encoder scripts are hashed with (redis-py's default, which the cluster uses too)."""
         return Encoder("utf-8", "strict", False)  # type: ignore[no-untyped-call]
@@ -198,6 +215,11 @@ class LazyCluster:
         """Close every node's connections, if the cluster was made."""
         if self._made is not None:
             self._made.close()
+
+
+def is_cluster(client: Any) -> bool:
+    """Whether ``client`` talks to a Redis Cluster (and follows its redirections)."""
+    return isinstance(client, LazyCluster | RedisCluster)
 
 
 def settings_of(client: Any) -> dict[str, Any]:
@@ -239,8 +261,24 @@ def node_at(client: Any, key: str) -> redis.Redis:
 
 
 def scan_at(client: Any, key: str, match: str, count: int) -> Iterator[Any]:
-    """SCAN, on the server that serves ``key`` (on a cluster the other nodes hold none of the map)."""
-    return node_at(client, key).scan_iter(match=match, count=count)
+    """SCAN, on the server that serves ``key`` (on a cluster the other nodes hold none of the map).
+
+    While the slot migrates, the keys are on two nodes and a SCAN of either misses
+    some: ConnectionError (the slot is on its way), rather than a listing that lacks them.
+    """
+    node = node_at(client, key)
+    cluster = _cluster_of(client)
+    if cluster is not None:
+        slot = cluster.keyslot(key)  # type: ignore[no-untyped-call]
+        nodes = _text(node.execute_command("CLUSTER NODES"))  # type: ignore[no-untyped-call]
+        mine = next((line for line in nodes.splitlines() if "myself" in line), "")
+        if f"[{slot}->-" in mine or f"[{slot}-<-" in mine:
+            raise redis.ConnectionError("the map's slot is being moved to another node; try again")
+    return node.scan_iter(match=match, count=count)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def pipeline_at(client: Any, key: str) -> redis.client.Pipeline:
@@ -270,8 +308,8 @@ class _SlotPipeline:
         self._commands.append(args)
 
     def execute(self, raise_on_error: bool = True) -> list[Any]:
-        """Send the queued commands to the slot's owner; once more after a MOVED (nothing ran then)."""
-        for attempt in (1, 2):
+        """Send the queued commands to the slot's owner; again after a MOVED (nothing ran then), at most twice."""
+        for attempt in (1, 2, 3):
             node = self._cluster.get_node_from_key(self._key)  # type: ignore[no-untyped-call]
             pipe = self._cluster.get_redis_connection(node).pipeline(transaction=False)
             for command in self._commands:
@@ -282,8 +320,11 @@ class _SlotPipeline:
                 self._refresh(node)
                 raise
             first = results[0] if results else None
-            if isinstance(first, MovedError) and attempt == 1:
-                self._cluster.nodes_manager.move_slot(first)
+            if isinstance(first, MovedError) and attempt < 3:
+                if attempt == 1:
+                    self._cluster.nodes_manager.move_slot(first)
+                else:  # redirected again: the nodes disagree for a moment (a failover): read the topology
+                    self._refresh(node)
                 continue
             if isinstance(first, AskError):
                 # The slot is being moved and this part of the map is on its way: nothing ran.

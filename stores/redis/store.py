@@ -409,10 +409,11 @@ class RedisStore:
         return sorted(claims, key=lambda claim: int(claim.address))
 
     def ping(self) -> None:
-        """One PING round trip; StoreUnavailable when Redis does not answer in time."""
+        """One PING round trip (on a cluster, to the node serving the map); StoreUnavailable when Redis does not
+        answer in time."""
         self._settle()
         with self._reaching():
-            self._client.ping()
+            connect.node_at(self._client, self._anchor[0]).ping()
 
     def setting(self, name: str) -> str | None:
         reply = self._call("setting", name)
@@ -798,7 +799,11 @@ class RedisStore:
             raise StoreUnavailable(
                 f"the cluster at {self._where} cannot serve the map's slot now ({self._scrub(exc)}); try again"
             ) from exc
-        except redis.exceptions.AskError as exc:  # MOVED too: RedisCluster follows them, so this is one server
+        except redis.exceptions.AskError as exc:  # MOVED too
+            if connect.is_cluster(self._client):  # still redirected after following: the slot is on its way
+                raise StoreUnavailable(
+                    f"the cluster at {self._where} is moving the map's slot (to {exc.host}:{exc.port}); try again"
+                ) from exc
             raise StoreError(
                 f"redis at {self._where} is a Redis Cluster node that does not serve the map's slot "
                 f"(slot {exc.slot_id} is at {exc.host}:{exc.port}): name the cluster, "
@@ -806,6 +811,10 @@ class RedisStore:
             ) from exc
         except redis.ResponseError as exc:
             message = self._scrub(exc)
+            if "non local key" in message and connect.is_cluster(self._client):
+                raise StoreUnavailable(
+                    f"the cluster at {self._where} is moving the map's slot to another node; try again"
+                ) from exc
             if message.startswith("CORRUPT"):
                 raise CorruptState(f"redis at {self._where}: {message}") from exc
             raise StoreError(f"redis at {self._where} refused the request: {message}{_hint(message)}") from exc

@@ -230,17 +230,26 @@ def _empty_after_test(cluster: Cluster) -> None:
 _pairs = itertools.count(1)
 
 REDIS_STORE = f"unix://{STATE_MOUNT}/redis.sock"
-"""The plugins' store: the Redis socket, which sits in the directory they mount as ``state``."""
+"""The plugins' store: the Redis socket, linked into the directory each mounts as ``state``."""
 
 
 @contextmanager
 def _redis_cluster(
     directory: Path, names: Sequence[str], tag: str, plugin: PluginBuild, image: BusyboxImage, release: Release
 ) -> Iterator[Cluster]:
-    """Nodes on one LAN whose plugins share one real Redis, up and ready for ``swarm init``."""
+    """Nodes on one LAN whose plugins share one real Redis, up and ready for ``swarm init``.
+
+    Each plugin's ``state`` mount is a directory of its node's own: the plugin keeps its local
+    record (``/var/lib/mini-ipam/record.json``) there, and two plugins cannot share one (the
+    second would not start). The Redis socket is hard-linked into each: a Unix socket is
+    reached by its inode, so every link leads to the one server.
+    """
     (directory / "redis").mkdir(parents=True)
     redis = RedisServer(directory / "redis")
     redis.start()
+    for name in names:
+        (directory / f"state-{name}").mkdir()
+        os.link(redis.socket, directory / f"state-{name}" / REDIS_STORE.rsplit("/", 1)[1])
     store = stores.from_url(redis.url)
     cluster = Cluster(
         [Node(name, directory / name, prefix=f"{PREFIX}-{tag}", release=release) for name in names],
@@ -248,7 +257,7 @@ def _redis_cluster(
         lab=Lab(f"{PREFIX}-{tag}-lan"),
     )
     try:
-        _bring_up(cluster, plugin, image, store=REDIS_STORE, state=lambda _: redis.directory)
+        _bring_up(cluster, plugin, image, store=REDIS_STORE, state=lambda node: directory / f"state-{node.name}")
         yield cluster
     finally:
         try:
