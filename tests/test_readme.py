@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mini_ipam import protocol
 from mini_ipam.commands.flags import COMMANDS, SettingError, build_parser, resolve
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -244,3 +245,10 @@ def test_the_compose_example_asks_for_sizes_the_way_every_compose_version_passes
         subnets = [ipaddress.ip_network(item["subnet"]) for item in ipam["config"]]
         assert subnets and all(int(subnet.network_address) == 0 for subnet in subnets), (name, subnets)
         assert network.get("enable_ipv6", False) == any(subnet.version == 6 for subnet in subnets), name
+
+
+def test_every_ipam_option_the_readme_names_is_one_the_driver_reads() -> None:
+    text = README.read_text(encoding="utf-8")
+    named = set(re.findall(r"--ipam-opt ([a-z0-9._]+)=", text))
+    assert {"size"} <= named, named
+    assert named <= {*protocol.SIZE_OPTIONS, protocol.SIZE6_OPTION}, sorted(named)
