@@ -19,7 +19,7 @@ from mini_ipam.inventory import (
     take_inventory,
     take_summary,
 )
-from stores import MapHealth, Network, Rebuilding, StoreError, StoreUnavailable
+from stores import MapHealth, Network, Rebuilding, StoreError, StoreUnavailable, redact_url
 
 STORE_ADVICE = (
     "check that the store runs and that this host can reach it (--store, MINI_IPAM_STORE); until it answers, "
@@ -40,12 +40,29 @@ class Operations:
     """Health and inventory of one driver."""
 
     def __init__(
-        self, allocator: Allocator, presence: TwinWatch | None = None, shared: Rebuilding | None = None
+        self,
+        allocator: Allocator,
+        presence: TwinWatch | None = None,
+        shared: Rebuilding | None = None,
+        store_url: str = "",
     ) -> None:
-        """``shared``: the store when it is a shared map, whose identity the health check then proves."""
+        """``shared``: the store when it is a shared map, whose identity the health check then proves;
+        ``store_url``: the driver's store, told (without its password) by ``settings``."""
         self.allocator = allocator
         self.presence = presence
         self.shared = shared
+        self.store_url = store_url
+
+    def settings(self) -> dict[str, Any]:
+        """What the operator commands need to read this driver's map: its store (no password) and parents."""
+        settings = self.allocator.settings
+        body: dict[str, Any] = {
+            "store": redact_url(self.store_url) if self.store_url else "",
+            "pool": [str(parent) for parent in settings.parents4],
+            "pool6": [str(parent) for parent in settings.parents6],
+            "host_id": settings.host_id,
+        }
+        return body
 
     def health(self) -> tuple[int, dict[str, Any]]:
         """200 when a claim could be made now; 503 with the reason when it could not.

@@ -24,12 +24,13 @@ from stores import StoreError
 
 log = logging.getLogger("mini_ipam.operator")
 
-ROUTES = ("/metrics", "/healthz", "/inventory")
+ROUTES = ("/metrics", "/healthz", "/inventory", "/settings")
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def add_operator_routes(app: Flask, operations: Operations, metrics: Metrics) -> None:
-    """GET /metrics (Prometheus text), /healthz and /inventory (JSON): on the plugin socket and on TCP alike."""
+    """GET /metrics (Prometheus text), /healthz, /inventory and /settings (JSON): on the plugin socket and on
+    TCP alike."""
 
     @app.get("/metrics", provide_automatic_options=False)
     def prometheus() -> Response:
@@ -39,6 +40,10 @@ def add_operator_routes(app: Flask, operations: Operations, metrics: Metrics) ->
     def healthz() -> Response:
         status, body = operations.health()
         return _json(body, status)
+
+    @app.get("/settings", provide_automatic_options=False)
+    def settings() -> Response:
+        return _json(operations.settings())
 
     @app.get("/inventory", provide_automatic_options=False)
     def inventory() -> Response:

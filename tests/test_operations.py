@@ -290,3 +290,30 @@ def test_a_listing_that_fails_midway_ends_in_an_error_not_a_short_list() -> None
     body = json.loads("".join(inventory_json([], pools(), 0.0)))
     assert [p["subnet"] for p in body["pools"]] == ["10.60.0.0/28"]
     assert body["error"] == "the listing stopped early: redis at unix:///x did not answer within 1s"
+
+
+def test_ls_and_plan_read_the_running_drivers_map_and_say_when_the_shell_differs(tmp_path: Path) -> None:
+    url = f"file://{tmp_path}/state.json"
+    driver = DriverProcess(tmp_path / "mini.sock", "--store", url, "--pool", PARENT).start()
+    sock = str(driver.socket_path)
+    try:
+        assert call(sock, "IpamDriver.RequestPool", protocol.request_pool(options={"size": "26"}))[0] == 200
+        status, settings = get_json(sock, "/settings")
+        assert status == 200 and settings["store"] == url and settings["pool"] == [PARENT]
+        # The shell names neither store nor parents (as an admin's shell under systemd): the driver's are used.
+        followed = mini_ipam("ls", "--socket", sock, "--json")
+        assert followed.returncode == 0, followed.stderr
+        assert [p["subnet"] for p in json.loads(followed.stdout)["pools"]] == ["10.60.0.0/26"]
+        assert f"using the driver on {sock}'s store {url}" in followed.stderr
+        assert f"using the driver on {sock}'s --pool {PARENT}" in followed.stderr
+        plan = mini_ipam("plan", "--socket", sock, "--size", "26", "--json")
+        assert json.loads(plan.stdout)["fit"] == 15, plan.stderr
+        # An explicit setting wins, and the note says that the driver's differs.
+        other = mini_ipam("ls", "--socket", sock, "--pool", "10.61.0.0/24", "--json")
+        assert other.returncode == 0, other.stderr
+        assert f"the driver on {sock} uses --pool {PARENT}; this uses 10.61.0.0/24 (flag --pool)" in other.stderr
+        assert [p["parent"] for p in json.loads(other.stdout)["parents"]][0] == "10.61.0.0/24"
+    finally:
+        driver.stop()
+    alone = mini_ipam("ls", "--socket", sock, "--store", url, "--pool", PARENT, "--json")
+    assert alone.returncode == 0 and "note:" not in alone.stderr  # no driver there: nothing to follow

@@ -20,6 +20,7 @@ from urllib.parse import urlencode
 import stores
 from mini_ipam.allocator import Allocator
 from mini_ipam.commands.common import CommandError, age, open_store, settings_from, table
+from mini_ipam.commands.driver_settings import follow_driver
 from mini_ipam.inventory import PoolFilter, inventory_json, list_pools
 from mini_ipam.network_names import name_of, names_by_pool
 from mini_ipam.operations import Operations
@@ -93,6 +94,7 @@ def _listing(args: argparse.Namespace) -> Iterator[str]:
 def ls(args: argparse.Namespace) -> int:
     """Print usage per parent and the pools (``--summary``: the parents only), each pool with the name of the
     Docker network it serves where the local engine tells it."""
+    follow_driver(args)
     if args.json:
         for piece in _listing(args):
             sys.stdout.write(piece)
@@ -133,6 +135,7 @@ def _progress(every: int = 500) -> Callable[[int, int], None] | None:
 
 def plan(args: argparse.Namespace) -> int:
     """Print how many more /size fit, and exit 1 when --count of them do not."""
+    follow_driver(args)
     size = args.size
     version = 6 if args.v6 else 4
     if too_small(version, size):
