@@ -150,10 +150,10 @@ def measure_size(
         socket_path, redis.store_url(PREFIX), "--pool", parent, "--host-id", OBSERVER, "--host-ttl", "3600",
         "--store-timeout", "30s", "--log-level", "warning", log=directory / f"scrape{pools}.log",
     )  # fmt: skip
-    started = time.monotonic()
-    _, costs = costed(client, lambda: driver.start(timeout=args.start_timeout))  # joining the map may read it
-    startup = row(time.monotonic() - started, costs)
     try:
+        started = time.monotonic()
+        _, costs = costed(client, lambda: driver.start(timeout=args.start_timeout))  # joining the map may read it
+        startup = row(time.monotonic() - started, costs)
         metrics = scrapes(client, socket_path, args.scrapes, args.interval, args.budget)
         health_rows = []
         for _ in range(args.health):
