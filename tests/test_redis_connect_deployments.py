@@ -13,9 +13,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from redis.cluster import RedisCluster
 
 from stores.base import AnySubnet, ConfigurationError, Granted, StoreError, StoreUnavailable
 from stores.redis import RedisStore
+from stores.redis.connect import LazyCluster
 from tests.redis_deployments import SERVICE, ClusterSetup, SentinelSetup
 from tests.servers import ServerFamily, family_params
 
@@ -261,5 +263,18 @@ def test_while_the_map_s_slot_migrates_no_call_sees_half_a_map(cluster: ClusterS
         held.append(got)
         assert len(set(held)) == 4
         assert {block.subnet for block in store.blocks()} == set(held)
+    finally:
+        store.close()
+
+
+def test_a_store_can_be_built_on_redis_py_s_own_cluster_client(cluster: ClusterSetup) -> None:
+    host, port = cluster.seeds[-1]
+    made = RedisCluster(host=host, port=port, socket_timeout=TIMEOUT)
+    store = RedisStore(made, fresh_prefix(), timeout=TIMEOUT)
+    try:
+        assert isinstance(store.client, LazyCluster)  # whose scripts never follow an ASK
+        first, second = claim(store), claim(store)
+        assert first != second and {block.subnet for block in store.blocks()} == {first, second}
+        store.ping()
     finally:
         store.close()

@@ -164,6 +164,18 @@ class LazyCluster:
             **_tls_kwargs(seeds),
         }
 
+    @classmethod
+    def around(cls, cluster: RedisCluster) -> LazyCluster:
+        """A LazyCluster over a RedisCluster made elsewhere (its scripts then never follow an ASK either)."""
+        kwargs = cluster.nodes_manager.connection_kwargs
+        known = cluster.get_nodes()  # type: ignore[no-untyped-call]
+        nodes = tuple((node.host, int(node.port)) for node in known) or (("localhost", 6379),)
+        seeds = Seeds("cluster", nodes, username=kwargs.get("username"), password=kwargs.get("password"))
+        made = cls(seeds, kwargs.get("socket_timeout") or 0.0, ClusterWatch(ServerWatch(), ""))
+        made.connection_kwargs = dict(kwargs)
+        made._made = cluster
+        return made
+
     def cluster(self) -> RedisCluster:
         """The RedisCluster, made now if it was not yet."""
         made = self._made
@@ -222,12 +234,18 @@ def is_cluster(client: Any) -> bool:
     return isinstance(client, LazyCluster | RedisCluster)
 
 
+def guarded(client: redis.Redis | RedisCluster) -> redis.Redis:
+    """``client``, or a RedisCluster wrapped in a LazyCluster (see ``LazyCluster.evalsha``); typed as the
+    client the store uses, since a LazyCluster answers the same calls."""
+    if isinstance(client, RedisCluster):
+        return cast(redis.Redis, LazyCluster.around(client))
+    return client
+
+
 def settings_of(client: Any) -> dict[str, Any]:
     """The connection settings a client was made with (for messages: timeout, password to scrub)."""
     if isinstance(client, LazyCluster):
         return client.connection_kwargs
-    if isinstance(client, RedisCluster):
-        return dict(client.nodes_manager.connection_kwargs)
     pool = getattr(client, "connection_pool", None)
     return dict(getattr(pool, "connection_kwargs", {}))
 
