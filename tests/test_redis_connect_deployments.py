@@ -18,6 +18,7 @@ from redis.cluster import RedisCluster
 from stores.base import AnySubnet, ConfigurationError, Granted, StoreError, StoreUnavailable
 from stores.redis import RedisStore
 from stores.redis.connect import LazyCluster
+from stores.redis.server import durability_warnings
 from tests.redis_deployments import SERVICE, ClusterSetup, SentinelSetup
 from tests.servers import ServerFamily, family_params
 
@@ -277,4 +278,17 @@ def test_a_store_can_be_built_on_redis_py_s_own_cluster_client(cluster: ClusterS
         assert first != second and {block.subnet for block in store.blocks()} == {first, second}
         store.ping()
     finally:
+        store.close()
+
+
+def test_persistence_and_eviction_are_read_from_the_node_that_serves_the_map(cluster: ClusterSetup) -> None:
+    prefix = fresh_prefix()
+    store = RedisStore.from_url(cluster_url(cluster.seeds, prefix), timeout=TIMEOUT)
+    owner = cluster.owner_of(cluster.slot_of(f"{{{prefix}}}:settings"))
+    owner.call("CONFIG", "SET", "maxmemory-policy", "allkeys-lru")  # on that node only
+    try:
+        for _ in range(5):  # whichever node the cluster client would pick by itself
+            assert any("allkeys-lru" in warning for warning in durability_warnings(store.client))
+    finally:
+        owner.call("CONFIG", "SET", "maxmemory-policy", "noeviction")
         store.close()

@@ -198,6 +198,12 @@ class LazyCluster:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.cluster(), name)
 
+    def config_get(self, pattern: str = "*") -> Any:
+        """CONFIG GET on the node that serves the map (persistence and eviction are that node's)."""
+        if not self.watch.anchor:
+            return self.cluster().config_get(pattern)
+        return node_at(self, self.watch.anchor).config_get(pattern)
+
     def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
         """EVALSHA on the node that serves the script's first key; a MOVED is followed, an ASK is not.
 
