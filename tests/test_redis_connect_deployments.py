@@ -8,6 +8,8 @@ deployment whole again.
 from __future__ import annotations
 
 import ipaddress
+import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -291,4 +293,30 @@ def test_persistence_and_eviction_are_read_from_the_node_that_serves_the_map(clu
             assert any("allkeys-lru" in warning for warning in durability_warnings(store.client))
     finally:
         owner.call("CONFIG", "SET", "maxmemory-policy", "noeviction")
+        store.close()
+
+
+def test_hung_sentinels_or_a_hung_primary_fail_a_call_within_the_timeout(sentinel: SentinelSetup) -> None:
+    """SIGSTOP: the processes keep their sockets and answer nothing, as a host that froze would."""
+    store = RedisStore.from_url(sentinel_url(sentinel, fresh_prefix()), timeout=TIMEOUT, member="h1")
+    try:
+        claim(store)
+        store.client.connection_pool.disconnect()  # the next call asks the sentinels again
+        for group in ([*sentinel.sentinels], [sentinel.primary]):
+            for node in group:
+                assert node.process is not None
+                os.kill(node.process.pid, signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                with pytest.raises(StoreUnavailable):
+                    claim(store)
+                assert time.monotonic() - started < TIMEOUT + SLACK
+            finally:
+                for node in group:
+                    assert node.process is not None
+                    os.kill(node.process.pid, signal.SIGCONT)
+            store.client.connection_pool.disconnect()
+        got, _ = ride_through(lambda: claim(store))
+        assert got in {block.subnet for block in store.blocks()}
+    finally:
         store.close()

@@ -46,6 +46,9 @@ from stores.redis.urls import Durability, Seeds
 
 _RUN_ID = re.compile(rb"^run_id:(\w+)", re.MULTILINE)
 
+_SENTINEL_LEAST = 0.2
+"""Seconds a sentinel may take to answer at least, however many share the store timeout."""
+
 
 @dataclass(frozen=True)
 class Opened:
@@ -99,7 +102,10 @@ def _sentinel_client(seeds: Seeds, timeout: float, watch: ServerWatch) -> redis.
         "retry": Retry(NoBackoff(), 0),
         **_tls_kwargs(seeds),
     }
-    sentinel_kwargs = dict(bounded)
+    # Finding the primary asks the sentinels one after the other: together they get the timeout, so a
+    # call is bounded by it even when every sentinel hangs (one answers within milliseconds normally).
+    share = max(_SENTINEL_LEAST, timeout / len(seeds.hosts))
+    sentinel_kwargs = {**bounded, "socket_timeout": share, "socket_connect_timeout": share}
     if seeds.sentinel_password is not None:
         sentinel_kwargs["password"] = seeds.sentinel_password
     if seeds.sentinel_username is not None:
