@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 from redis.cluster import RedisCluster
 
-from stores.base import AnySubnet, ConfigurationError, Granted, StoreError, StoreUnavailable
+from stores.base import AnySubnet, ConfigurationError, Granted, MapLost, StoreError, StoreUnavailable
 from stores.redis import RedisStore
 from stores.redis.connect import LazyCluster
 from stores.redis.server import durability_warnings
 from tests.redis_deployments import SERVICE, ClusterSetup, SentinelSetup
-from tests.servers import ServerFamily, family_params
+from tests.servers import ServerFamily, family_params, wait_until
 
 pytestmark = [pytest.mark.slow]
 
@@ -318,5 +318,42 @@ def test_hung_sentinels_or_a_hung_primary_fail_a_call_within_the_timeout(sentine
             store.client.connection_pool.disconnect()
         got, _ = ride_through(lambda: claim(store))
         assert got in {block.subnet for block in store.blocks()}
+    finally:
+        store.close()
+
+
+def test_a_shard_gone_entirely_fails_fast_and_comes_back_as_a_lost_map(cluster: ClusterSetup) -> None:
+    """The map's owner and its replica both killed (no persistence): refused fast while they are away; once
+    back, empty, the map is found lost, and nothing is handed out again."""
+    prefix = fresh_prefix()
+    slot = cluster.slot_of(f"{{{prefix}}}:settings")
+    store = RedisStore.from_url(cluster_url(cluster.seeds, prefix), timeout=TIMEOUT, member="h1")
+    try:
+        claim(store)
+        owner = cluster.owner_of(slot)
+        shard = [owner, *cluster.replicas_of(owner)]
+        for node in shard:
+            node.kill()
+        for _ in range(5):
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable):
+                claim(store)
+            assert time.monotonic() - started < TIMEOUT + SLACK
+        for node in shard:
+            node.restart()
+        cluster.wait_settled()
+        outcomes: list[str] = []
+
+        def answered() -> bool:
+            try:
+                outcomes.append(f"granted {claim(store)}")
+            except MapLost:  # a StoreUnavailable too: checked first
+                outcomes.append("lost")
+            except StoreUnavailable:
+                return False
+            return True
+
+        wait_until(answered, timeout=30, interval=0.05, what="the shard to answer again")
+        assert outcomes == ["lost"]  # never the first block again
     finally:
         store.close()

@@ -8,9 +8,9 @@
   to the new primary.
 * ``redis+cluster://``: a ``LazyCluster``, redis-py's ``RedisCluster`` made at
   its first use (RedisCluster reads the topology from a seed node when made;
-  a store must open without network I/O). RedisCluster follows MOVED and ASK,
-  and re-reads the topology after a node fails, so after a failover the next
-  call goes to the slot's new owner.
+  a store must open without network I/O). MOVED is followed, and the topology
+  re-read after a node fails, so after a failover the next call goes to the
+  slot's new owner. A script call never follows ASK (see ``LazyCluster.evalsha``).
 
 The whole map is one hash slot (every key is ``{P}:...``): every script call
 passes a key of the map, so RedisCluster sends it to the slot's owner. What
@@ -36,7 +36,14 @@ from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.commands.core import Script
 from redis.connection import Encoder  # type: ignore[attr-defined]
-from redis.exceptions import AskError, MovedError, RedisClusterException
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    RedisClusterException,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
@@ -340,7 +347,7 @@ class _SlotPipeline:
     def execute(self, raise_on_error: bool = True) -> list[Any]:
         """Send the queued commands to the slot's owner; again after a MOVED (nothing ran then), at most twice."""
         for attempt in (1, 2, 3):
-            node = self._cluster.get_node_from_key(self._key)  # type: ignore[no-untyped-call]
+            node = self._owner()
             pipe = self._cluster.get_redis_connection(node).pipeline(transaction=False)
             for command in self._commands:
                 pipe.execute_command(*command)  # type: ignore[no-untyped-call]
@@ -350,6 +357,8 @@ class _SlotPipeline:
                 self._refresh(node)
                 raise
             first = results[0] if results else None
+            if isinstance(first, ClusterDownError | TryAgainError):
+                self._refresh(node)  # as RedisCluster does: the next call finds the new layout
             if isinstance(first, MovedError) and attempt < 3:
                 if attempt == 1:
                     self._cluster.nodes_manager.move_slot(first)
@@ -365,6 +374,17 @@ class _SlotPipeline:
                         raise result
             return list(results)
         raise redis.ConnectionError("the cluster kept moving the map's slot; try again")
+
+    def _owner(self) -> ClusterNode:
+        """The node that serves the key's slot, as the client knows; the topology is read again when it knows none."""
+        try:
+            return self._cluster.get_node_from_key(self._key)  # type: ignore[no-any-return, no-untyped-call]
+        except SlotNotCoveredError:
+            try:
+                self._cluster.nodes_manager.initialize()
+                return self._cluster.get_node_from_key(self._key)  # type: ignore[no-any-return, no-untyped-call]
+            except (redis.RedisError, RedisClusterException) as exc:
+                raise redis.ConnectionError(f"no node of the cluster serves the map's slot now ({exc})") from exc
 
     def _refresh(self, node: ClusterNode) -> None:
         """Re-read the topology after a node failed, as RedisCluster does for its own commands."""
