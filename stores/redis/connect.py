@@ -209,6 +209,8 @@ class LazyCluster:
             return self._made
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # not the cluster's (and never made while this object is half-built)
+            raise AttributeError(name)
         return getattr(self.cluster(), name)
 
     def config_get(self, pattern: str = "*") -> Any:
