@@ -33,6 +33,9 @@ ACTIVATED = json.dumps(protocol.MANIFEST).encode()
 ADDRESS_METHODS = frozenset({protocol.REQUEST_ADDRESS, protocol.RELEASE_ADDRESS})
 """Per-container traffic: granted, it is logged at debug, so that level info keeps a line per
 network change and per refusal rather than one per container start and stop."""
+DEBUG_WHEN_GRANTED = ADDRESS_METHODS | {protocol.GET_CAPABILITIES, protocol.GET_DEFAULT_ADDRESS_SPACES}
+"""Granted, logged at debug: the address methods, and the questions engines 26 and later ask again
+before every network change (28 asks for the address spaces two or three times per network create)."""
 OTHER = "other"
 """The metric label of requests to paths that are not protocol methods."""
 
@@ -53,7 +56,7 @@ def create_app(driver: Driver, *, operations: Operations | None = None, metrics:
     app = Flask("mini_ipam")
     operations = operations or Operations(driver.allocator)
     metrics = metrics or Metrics()
-    metrics.watch_map(operations.inventory)
+    metrics.watch_map(operations.summary)
     record = RequestRecorder(metrics)
     app.config["MAX_CONTENT_LENGTH"] = protocol.MAX_BODY
     methods: dict[str, Callable[[Json], Any]] = {
@@ -74,19 +77,23 @@ def create_app(driver: Driver, *, operations: Operations | None = None, metrics:
 
     def answer(method: str, handler: Callable[[Json], Any]) -> Callable[[], Response]:
         """The view of one protocol method."""
+        summarize = method == protocol.REQUEST_POOL  # its log line says what was asked, not only what was granted
 
         def view() -> Response:
             started = time.perf_counter()
             pool: object = ""
+            asked: dict[str, str] | None = None
             try:
                 body = protocol.parse_body(request.get_data(cache=False))
                 pool = body.get("PoolID") or body.get("Pool") or ""
+                if summarize:
+                    asked = protocol.pool_request_summary(body)
                 result = handler(body)
             except Exception as error:  # every refusal, and every crash, is answered and logged here
                 refusal = Refusal(error, request.path)
-                record(method, method, pool, refusal.status, started, refusal.kind, refusal.message)
+                record(method, method, pool, refusal.status, started, refusal.kind, refusal.message, asked)
                 return refusal.reply()
-            record(method, method, result.get("PoolID", pool), 200, started)
+            record(method, method, result.get("PoolID", pool), 200, started, asked=asked)
             return reply(result)
 
         return view
@@ -133,16 +140,20 @@ class RequestRecorder:
         started: float | None,
         error_kind: str | None = None,
         error: str | None = None,
+        asked: dict[str, str] | None = None,
     ) -> None:
-        """Record a request: ``label`` is its metric label (only known methods: paths are the client's to choose)."""
+        """Record a request: ``label`` is its metric label (only known methods: paths are the client's to choose).
+
+        ``asked``: what a RequestPool asked for (``protocol.pool_request_summary``), logged with its outcome.
+        """
         seconds = 0.0 if started is None else time.perf_counter() - started
         self._observe(label, status, error_kind, seconds)
         if status >= 500:  # the driver or its store failed, not the request: something to look at
             level = logging.WARNING
         else:
-            level = logging.DEBUG if error is None and method in ADDRESS_METHODS else logging.INFO
+            level = logging.DEBUG if error is None and method in DEBUG_WHEN_GRANTED else logging.INFO
         if log.isEnabledFor(level):
-            _log_line(level, method, pool, status, error, seconds)
+            _log_line(level, method, pool, status, error, seconds, asked)
 
 
 class Refusal:
@@ -164,14 +175,21 @@ class Refusal:
         return reply({"Err": self.message}, self.status)
 
 
-def _log_line(level: int, method: str, pool: object, status: int, error: str | None, seconds: float) -> None:
+def _log_line(
+    level: int, method: str, pool: object, status: int, error: str | None, seconds: float,
+    asked: dict[str, str] | None = None,
+) -> None:  # fmt: skip
     method = _printable(method)
     pool_text = _printable(str(pool or "-"))
-    fields = {"method": method, "pool": pool_text, "status": status, "duration_ms": round(seconds * 1000, 3)}
+    fields: dict[str, Any] = {"method": method, "pool": pool_text, "status": status,
+                              "duration_ms": round(seconds * 1000, 3)}  # fmt: skip
     if error is not None:
         error = _printable(error, 300)
         fields["error"] = error
     outcome = "ok" if error is None else f"{status} {error}"
+    if asked is not None:
+        fields["asked"] = asked
+        outcome += " [asked " + " ".join(f"{key}={_printable(value, 60)}" for key, value in asked.items()) + "]"
     log.log(level, "%s pool=%s %s %.1fms", method, pool_text, outcome, seconds * 1000, extra={FIELDS: fields})
 
 

@@ -53,7 +53,11 @@ class Engine:
 
     def subnets(self, driver: str) -> list[EngineSubnet]:
         """Every subnet of every network whose IPAM driver is ``driver``, with the addresses in use."""
-        found: list[EngineSubnet] = []
+        return [subnet for detail in self.networks(driver) for subnet in _subnets_of(detail)]
+
+    def networks(self, driver: str) -> list[dict[str, Any]]:
+        """``GET /networks/<id>`` of every network whose IPAM driver is ``driver`` (or ``driver:latest``)."""
+        found: list[dict[str, Any]] = []
         listed = self._get("/networks")
         assert isinstance(listed, list)
         for summary in listed:
@@ -61,7 +65,7 @@ class Engine:
                 continue
             detail = self._get(f"/networks/{quote(summary['Id'])}")
             assert isinstance(detail, dict)
-            found.extend(_subnets_of(detail))
+            found.append(detail)
         return found
 
 

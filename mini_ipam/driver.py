@@ -14,6 +14,7 @@ from mini_ipam.allocator import Allocator, PoolRequest
 from mini_ipam.errors import InvalidRequest
 from mini_ipam.pool_id import GLOBAL, LOCAL, PoolId, parse_address, parse_network
 from mini_ipam.protocol import Json
+from stores import Network
 
 
 class Driver:
@@ -39,11 +40,15 @@ class Driver:
         sub_pool_text = protocol.string(request, "SubPool")
         if sub_pool_text and not pool_text:
             raise InvalidRequest("SubPool (--ip-range) needs Pool (--subnet)")
+        subnet = parse_network(pool_text, "Pool") if pool_text else None
+        _refuse_what_swarm_cannot_share(space, v6, subnet, swarm=protocol.is_serial(options))
+        if space == GLOBAL and subnet is not None and subnet.version == 6:
+            v6 = True  # swarm's manager sends V6 false for every subnet, its IPv6 --subnet too
         allocated = self.allocator.request_pool(
             PoolRequest(
                 space=space,
                 v6=v6,
-                subnet=parse_network(pool_text, "Pool") if pool_text else None,
+                subnet=subnet,
                 ip_range=parse_network(sub_pool_text, "SubPool") if sub_pool_text else None,
                 size=protocol.size_option(options, v6),
             )
@@ -74,6 +79,34 @@ class Driver:
         text = protocol.string(request, "Address", required=True)
         self.allocator.release_address(pool_id, parse_address(text, "Address"))
         return {}
+
+
+def _refuse_what_swarm_cannot_share(space: str, v6: bool, subnet: Network | None, *, swarm: bool) -> None:
+    """Refuse the pool requests of a swarm network that every node would answer differently.
+
+    A swarm network's requests are the ones in the global space (the manager's) and the
+    ones that carry swarm's serial option (each node's copy, in its local space). Swarm
+    sends every node the network's subnet as the user wrote it, so a subnet that mini-ipam
+    reads as "any free /N", or no IPv6 subnet at all (swarm allocates IPv6 only when given
+    one), would give each node a subnet of its own for the same network. Refused here,
+    before anything is claimed.
+    """
+    if not (swarm or space == GLOBAL):
+        return
+    if subnet is not None and protocol.is_any_subnet(subnet):
+        family, example = ("IPv6", "fd12:3456:789a:1::/64") if subnet.version == 6 else ("IPv4", "10.20.0.0/24")
+        size = subnet.prefixlen
+        hint = "" if subnet.version == 6 else f", or --ipam-opt size={size} for any free /{size}"
+        raise InvalidRequest(
+            f"--subnet {subnet} (any free /{size}) is for local networks only: a swarm network keeps "
+            f"{subnet} as its subnet and each node would get a different /{size}; give a real {family} "
+            f"--subnet such as {example}{hint}"
+        )
+    if subnet is None and v6 and space == LOCAL:
+        raise InvalidRequest(
+            "a swarm network with --ipv6 needs an explicit IPv6 --subnet (such as --subnet fd12:3456:789a:1::/64): "
+            "without one swarm allocates no IPv6 subnet and each node would get a different one"
+        )
 
 
 def _pool_id(request: Json) -> PoolId:

@@ -13,6 +13,7 @@ sends no Content-Type and empty bodies for calls without arguments.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from typing import Any, Final, TypedDict
@@ -202,6 +203,44 @@ def size_option(given: dict[str, str], v6: bool) -> int | None:
                 raise InvalidRequest(f"ipam-opt {key}={given[key]!r} is not a prefix length such as 28")
             return int(text)
     return None
+
+
+def pool_request_summary(body: Json) -> dict[str, str]:
+    """What a RequestPool body asks for, for its log line: never raises, whatever the body holds.
+
+    ``space``, ``v6``, ``subnet`` (the Pool), ``ip-range`` (the SubPool), ``size`` (the size
+    option of the family asked for, as written) and ``options`` (the option keys, sorted);
+    "-" for what it does not give.
+    """
+    given = body.get("Options")
+    v6 = body.get("V6") is True
+    size = "-"
+    keys = "-"
+    if isinstance(given, dict):
+        for key in (SIZE6_OPTION,) if v6 else SIZE_OPTIONS:
+            if key in given:
+                size = str(given[key])
+                break
+        keys = ",".join(sorted(str(key) for key in given)) or "-"
+    elif given is not None:
+        keys = f"({type(given).__name__})"
+    return {
+        "space": str(body.get("AddressSpace") or "-"),
+        "v6": "true" if v6 else "false",
+        "subnet": str(body.get("Pool") or "-"),
+        "ip-range": str(body.get("SubPool") or "-"),
+        "size": size,
+        "options": keys,
+    }
+
+
+def is_any_subnet(subnet: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    """Whether a ``Pool`` of the ``0.0.0.0/N`` or ``::/N`` form asks for any free /N rather than that subnet.
+
+    Engine 29 passes ``--subnet /N`` on this way, and compose files use it where compose
+    drops ``ipam.options``; ``/0`` is no size, so it is not one.
+    """
+    return int(subnet.network_address) == 0 and subnet.prefixlen > 0
 
 
 def is_gateway(given: dict[str, str]) -> bool:

@@ -2,6 +2,9 @@
 # Build mini-ipam as a managed (v2) Docker plugin and create it in an engine:
 #
 #   scripts/build-plugin.sh [NAME]          # NAME defaults to "mini"; use it as --ipam-driver NAME:latest
+#   scripts/build-plugin.sh --push REGISTRY/mini-ipam:TAG
+#                                           # create it under that name and `docker plugin push` it there;
+#                                           # nodes then `docker plugin install` it (see the README)
 #   scripts/build-plugin.sh --wheels-only DIR
 #                                           # only build the wheels the plugin installs, into DIR
 #
@@ -9,7 +12,8 @@
 #   BASE     base image of the plugin's root filesystem, with Python 3.11 (default: python:3.11-slim;
 #            without a registry, a local image such as one made by `debootstrap --include=python3,python3-venv`)
 #   DOCKER   the docker command, e.g. "docker -H unix:///tmp/engine.sock" (default: docker)
-#   ENABLE   1 to enable the plugin once created (default: 1)
+#   ENABLE   1 to enable the plugin once created (default: 1; with --push: 0, a build host is no node)
+#   PUSH     1: the same as --push
 #   MINI_IPAM_PREFIX  where scripts/install.sh put its virtualenv (default: /opt/mini-ipam), whose pip
 #            builds the wheels; without one, a temporary virtualenv does (python3-venv)
 #
@@ -19,11 +23,36 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 . "$here/scripts/source-tree.sh"
 wheels_only=""
+push="${PUSH:-0}"
+name=""
 if [ "${1:-}" = "--wheels-only" ]; then
   wheels_only="${2:?usage: build-plugin.sh --wheels-only DIR}"
-  name=""
 else
-  name="${1:-mini}"
+  if [ "${1:-}" = "--push" ]; then
+    push=1
+    shift
+  fi
+  if [ "$push" = "1" ]; then
+    [ "$#" -ge 1 ] || { echo "usage: build-plugin.sh --push REGISTRY/mini-ipam:TAG" >&2; exit 2; }
+    name="$1"
+  else
+    name="${1:-mini}"
+  fi
+  # An engine refuses to create a second plugin of the same content: one name per build.
+  [ "$#" -le 1 ] || { echo "usage: build-plugin.sh [--push] NAME (one name per build)" >&2; exit 2; }
+fi
+enable="${ENABLE:-$([ "$push" = "1" ] && echo 0 || echo 1)}"
+if [ "$push" = "1" ]; then
+  # A name without a registry host would go to Docker Hub: only a name with one is pushed.
+  case "$name" in
+    */*) registry="${name%%/*}" ;;
+    *) registry="" ;;
+  esac
+  case "$registry" in
+    *.*|*:*|localhost) ;;
+    *) echo "build-plugin.sh: --push needs REGISTRY/NAME:TAG (a registry host such as registry.example:5000 first), not '$name'" >&2
+       exit 2 ;;
+  esac
 fi
 base="${BASE:-python:3.11-slim}"
 docker=(${DOCKER:-docker})
@@ -83,7 +112,12 @@ cp "$here/packaging/plugin/config.json" "$work/plugin/config.json"
 
 echo "creating plugin $name"
 "${docker[@]}" plugin create "$name" "$work/plugin" >/dev/null
-if [ "${ENABLE:-1}" = "1" ]; then
+if [ "$push" = "1" ]; then
+  echo "pushing plugin $name"
+  "${docker[@]}" plugin push "$name" >/dev/null ||
+    fail "docker plugin push $name failed: is the registry up, and (without TLS) in the engine's insecure-registries?"
+fi
+if [ "$enable" = "1" ]; then
   "${docker[@]}" plugin enable "$name" >/dev/null
 fi
 "${docker[@]}" plugin ls --filter "capability=ipamdriver"

@@ -45,6 +45,7 @@ from stores.base import (
     Network,
     NoFreeSubnet,
     Overlap,
+    ParentUsage,
     PoolInfo,
     StoreError,
     StoreTraits,
@@ -365,6 +366,36 @@ class RedisStore:
                 continue  # freed between SCAN and the pipeline
             block = codec.block(codec.parse_network(cidr), block_json)
             found.extend(codec.pool_info(block, codec.text(scope), pool_json) for scope, pool_json in scopes.items())
+        return found
+
+    def usage(self, parents: Sequence[Network]) -> list[ParentUsage] | None:
+        """Each parent's usage from the counters the script keeps beside the tree: one script call.
+
+        A parent not counted yet is counted from now on (the script walks the tree once for
+        it); a read-only store does not start counting, and answers None for such a parent,
+        so that its caller scans instead.
+        """
+        args: list[str | int] = ["0" if self.read_only else "1"]
+        for parent in parents:
+            args += [parent.version, codec.bits(parent)]
+        reply = self._call("usage", *args)
+        found: list[ParentUsage] = []
+        fields = iter(reply[1:])
+        for parent in parents:
+            next(fields), next(fields)  # the family and bits, as asked
+            largest = next(fields)
+            if largest == "untracked":
+                return None
+            counters = {str(name): int(value) for name, value in _pairs(fields, int(next(fields)))}
+            found.append(
+                ParentUsage(
+                    parent=parent,
+                    blocks_by_size=_by_length(counters, "b"),
+                    addresses_by_size=_by_length(counters, "a"),
+                    around=counters.get("around", 0),
+                    largest_free=None if largest == "-" else int(largest),
+                )
+            )
         return found
 
     def address_claims(self, subnet: Network, scope: str) -> list[AddressClaim]:
@@ -805,6 +836,19 @@ _HINTS = (
     ("unknown command `evalsha`", "this is no Redis that runs scripts: a Sentinel's port?"),
     ("oom command not allowed", "the server is out of memory (maxmemory): claims cannot be made"),
 )
+
+
+def _pairs(fields: Iterator[Any], count: int) -> Iterator[tuple[Any, Any]]:
+    """The next ``count`` (name, value) pairs of a flat reply."""
+    for _ in range(count):
+        yield next(fields), next(fields)
+
+
+def _by_length(counters: dict[str, int], kind: str) -> dict[int, int]:
+    """The counters ``<kind><prefix length>`` that are not zero, by prefix length."""
+    return {
+        int(name[1:]): value for name, value in counters.items() if name[0] == kind and name[1:].isdigit() and value
+    }
 
 
 def _hint(message: str) -> str:

@@ -9,6 +9,11 @@
   function-scoped ``two_nodes``, ``three_managers`` and ``one_node`` empty the swarm
   after each test and fail it when any claim is left in the store.
 
+Every test runs on every engine of ``MINI_IPAM_ENGINES`` (default: 20.10, 26.1.5 and 28.5.2):
+``engine_release`` is a session-scoped parameter, so one pytest session runs the whole matrix,
+one engine version after the other. Each version builds its plugin on a builder engine of the
+same version, and gets swarms (namespaces, directories, Redis) of its own.
+
 Every engine is ours (own namespaces, socket, data root; see ``tests.e2e.engines``), every
 address is in 198.18.0.0/15, and everything is removed at the end, failed tests or not.
 Outside CI a machine that cannot do this (not root, a missing binary, no Debian mirror, an
@@ -31,7 +36,17 @@ import pytest
 
 import stores
 from stores.file import FileStore
-from tests.e2e.engines import BusyboxImage, Engine, EngineUnavailable, Lab, Namespace, scratch_directory
+from tests.e2e.engines import (
+    BusyboxImage,
+    Engine,
+    EngineUnavailable,
+    Lab,
+    Namespace,
+    Release,
+    engine_versions,
+    fetch_release,
+    scratch_directory,
+)
 from tests.servers import RedisServer, require_binary, unavailable
 from tests.swarm.cluster import (
     DEFAULT_MIRROR,
@@ -88,6 +103,20 @@ def swarm_machine() -> dict[str, str]:
     return {name: require_binary(name) for name in tools}
 
 
+@pytest.fixture(scope="session", params=engine_versions())
+def engine_release(request: pytest.FixtureRequest, swarm_machine: dict[str, str]) -> Release:
+    """The engine version under test (one session runs them all); fails in CI when it cannot be fetched."""
+    try:
+        return fetch_release(request.param)
+    except EngineUnavailable as exc:
+        unavailable(str(exc))
+
+
+def _tag(release: Release) -> str:
+    """A short name part for one engine version's namespaces (``20``, ``26``, ``28``)."""
+    return str(release.major)
+
+
 @pytest.fixture(scope="session")
 def swarm_dir(swarm_machine: dict[str, str]) -> Iterator[Path]:
     """A short temp directory for the whole tier (``MINI_E2E_KEEP=1`` keeps it for a post-mortem)."""
@@ -106,13 +135,23 @@ def base_tarball(swarm_machine: dict[str, str]) -> Path:
 
 
 @pytest.fixture(scope="session")
-def plugin_build(swarm_dir: Path, base_tarball: Path) -> PluginBuild:
-    """The managed plugin, built once with scripts/build-plugin.sh on a throw-away engine."""
-    build = PluginBuild(swarm_dir / "plugin")
-    namespace = Namespace(f"{PREFIX}-builder")
+def plugin_build(swarm_dir: Path, base_tarball: Path, engine_release: Release) -> PluginBuild:
+    """The managed plugin, built once per engine version with scripts/build-plugin.sh on a throw-away engine.
+
+    On an engine of the version under test: each version keeps its plugin store in its own way.
+    """
+    version = engine_release.version
+    build = PluginBuild(swarm_dir / version / "plugin")
+    namespace = Namespace(f"{PREFIX}-{_tag(engine_release)}-builder")
     # overlay2 where the kernel has it: the image build copies the 130 MB base per layer on vfs.
     overlay = "overlay" in Path("/proc/filesystems").read_text().split()
-    builder = Engine("builder", swarm_dir / "builder", namespace, storage_driver="overlay2" if overlay else "vfs")
+    builder = Engine(
+        "builder",
+        swarm_dir / version / "builder",
+        namespace,
+        storage_driver="overlay2" if overlay else "vfs",
+        release=engine_release,
+    )
     try:
         try:
             namespace.create()
@@ -120,14 +159,14 @@ def plugin_build(swarm_dir: Path, base_tarball: Path) -> PluginBuild:
             builder.wait_ready()
         except (EngineUnavailable, OSError, AssertionError) as exc:
             unavailable(f"cannot start a Docker engine here: {exc}")
-        with timed("build the plugin (import base, build-plugin.sh, keep its store)"):
+        with timed(f"{version}: build the plugin (import base, build-plugin.sh, keep its store)"):
             build.build(builder, base_tarball, ROOT / "scripts" / "build-plugin.sh")
     finally:
         builder.destroy()
         namespace.delete()
-        shutil.rmtree(swarm_dir / "builder", ignore_errors=True)
+        shutil.rmtree(swarm_dir / version / "builder", ignore_errors=True)
     for step, seconds in build.timings.items():
-        TIMINGS[f"  {step}"] = seconds
+        TIMINGS[f"  {version}: {step}"] = seconds
     return build
 
 
@@ -191,25 +230,34 @@ def _empty_after_test(cluster: Cluster) -> None:
 _pairs = itertools.count(1)
 
 REDIS_STORE = f"unix://{STATE_MOUNT}/redis.sock"
-"""The plugins' store: the Redis socket, which sits in the directory they mount as ``state``."""
+"""The plugins' store: the Redis socket, linked into the directory each mounts as ``state``."""
 
 
 @contextmanager
 def _redis_cluster(
-    directory: Path, names: Sequence[str], tag: str, plugin: PluginBuild, image: BusyboxImage
+    directory: Path, names: Sequence[str], tag: str, plugin: PluginBuild, image: BusyboxImage, release: Release
 ) -> Iterator[Cluster]:
-    """Nodes on one LAN whose plugins share one real Redis, up and ready for ``swarm init``."""
+    """Nodes on one LAN whose plugins share one real Redis, up and ready for ``swarm init``.
+
+    Each plugin's ``state`` mount is a directory of its node's own: the plugin keeps its local
+    record (``/var/lib/mini-ipam/record.json``) there, and two plugins cannot share one (the
+    second would not start). The Redis socket is hard-linked into each: a Unix socket is
+    reached by its inode, so every link leads to the one server.
+    """
     (directory / "redis").mkdir(parents=True)
     redis = RedisServer(directory / "redis")
     redis.start()
+    for name in names:
+        (directory / f"state-{name}").mkdir()
+        os.link(redis.socket, directory / f"state-{name}" / REDIS_STORE.rsplit("/", 1)[1])
     store = stores.from_url(redis.url)
     cluster = Cluster(
-        [Node(name, directory / name, prefix=f"{PREFIX}-{tag}") for name in names],
+        [Node(name, directory / name, prefix=f"{PREFIX}-{tag}", release=release) for name in names],
         read_map=lambda: AddressMap.read(store),
         lab=Lab(f"{PREFIX}-{tag}-lan"),
     )
     try:
-        _bring_up(cluster, plugin, image, store=REDIS_STORE, state=lambda _: redis.directory)
+        _bring_up(cluster, plugin, image, store=REDIS_STORE, state=lambda node: directory / f"state-{node.name}")
         yield cluster
     finally:
         try:
@@ -221,18 +269,24 @@ def _redis_cluster(
 
 @pytest.fixture(scope="module")
 def two_node_swarm(
-    request: pytest.FixtureRequest, swarm_dir: Path, plugin_build: PluginBuild, swarm_image: BusyboxImage
+    request: pytest.FixtureRequest,
+    swarm_dir: Path,
+    plugin_build: PluginBuild,
+    swarm_image: BusyboxImage,
+    engine_release: Release,
 ) -> Iterator[Cluster]:
     """A manager (``m1``) and a worker (``w1``), their plugins on one real Redis; a new pair per module."""
     module = request.module.__name__.rsplit(".", 1)[-1]
-    tag = f"p{next(_pairs)}"
+    version = engine_release.version
+    tag = f"{_tag(engine_release)}-p{next(_pairs)}"
     started = time.monotonic()
-    with _redis_cluster(swarm_dir / f"pair-{module}", ("m1", "w1"), tag, plugin_build, swarm_image) as cluster:
+    directory = swarm_dir / version / f"pair-{module}"
+    with _redis_cluster(directory, ("m1", "w1"), tag, plugin_build, swarm_image, engine_release) as cluster:
         manager, worker = cluster.nodes
         cluster.init(manager)
         cluster.join(worker, manager)
         cluster.wait_ready(manager, ["m1", "w1"])
-        TIMINGS[f"two-node swarm for {module}: engines, plugin, image, swarm"] = time.monotonic() - started
+        TIMINGS[f"{version}: two-node swarm for {module}: engines, plugin, image, swarm"] = time.monotonic() - started
         yield cluster
 
 
@@ -244,16 +298,22 @@ def two_nodes(two_node_swarm: Cluster) -> Iterator[Cluster]:
 
 
 @pytest.fixture(scope="module")
-def three_manager_swarm(swarm_dir: Path, plugin_build: PluginBuild, swarm_image: BusyboxImage) -> Iterator[Cluster]:
+def three_manager_swarm(
+    swarm_dir: Path, plugin_build: PluginBuild, swarm_image: BusyboxImage, engine_release: Release
+) -> Iterator[Cluster]:
     """Three managers (``m1`` leads first), their plugins on one real Redis."""
     started = time.monotonic()
-    with _redis_cluster(swarm_dir / "trio", ("m1", "m2", "m3"), "t", plugin_build, swarm_image) as cluster:
+    version = engine_release.version
+    tag = f"{_tag(engine_release)}-t"
+    with _redis_cluster(
+        swarm_dir / version / "trio", ("m1", "m2", "m3"), tag, plugin_build, swarm_image, engine_release
+    ) as cluster:
         first, *others = cluster.nodes
         cluster.init(first)
         for node in others:
             cluster.join(node, first, manager=True)
         cluster.wait_ready(first, ["m1", "m2", "m3"])
-        TIMINGS["three-manager swarm: engines, plugin, image, swarm"] = time.monotonic() - started
+        TIMINGS[f"{version}: three-manager swarm: engines, plugin, image, swarm"] = time.monotonic() - started
         yield cluster
 
 
@@ -269,12 +329,15 @@ FILE_STORE = f"file://{STATE_MOUNT}/state.json"
 
 
 @pytest.fixture(scope="module")
-def file_swarm(swarm_dir: Path, plugin_build: PluginBuild, swarm_image: BusyboxImage) -> Iterator[Cluster]:
+def file_swarm(
+    swarm_dir: Path, plugin_build: PluginBuild, swarm_image: BusyboxImage, engine_release: Release
+) -> Iterator[Cluster]:
     """A one-node swarm whose plugin keeps its claims in a state file (``file://``, no Redis).
 
     The state file is read with ``FileStore(path, read_only=True)`` while the plugin runs.
     """
-    directory = swarm_dir / "single"
+    version = engine_release.version
+    directory = swarm_dir / version / "single"
     state = directory / "state"
     state.mkdir(parents=True)
 
@@ -285,10 +348,11 @@ def file_swarm(swarm_dir: Path, plugin_build: PluginBuild, swarm_image: BusyboxI
         finally:
             store.close()
 
-    node = Node("s1", directory / "s1", prefix=f"{PREFIX}-f")
-    cluster = Cluster([node], read_map=read_map, lab=Lab(f"{PREFIX}-f-lan"))
+    tag = f"{PREFIX}-{_tag(engine_release)}-f"
+    node = Node("s1", directory / "s1", prefix=tag, release=engine_release)
+    cluster = Cluster([node], read_map=read_map, lab=Lab(f"{tag}-lan"))
     try:
-        with timed("one-node file:// swarm: engine, plugin, image, swarm"):
+        with timed(f"{version}: one-node file:// swarm: engine, plugin, image, swarm"):
             _bring_up(cluster, plugin_build, swarm_image, store=FILE_STORE, state=lambda _: state)
             cluster.init(node)
             cluster.wait_ready(node, ["s1"])
