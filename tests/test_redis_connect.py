@@ -50,7 +50,7 @@ def test_a_sentinel_store_asks_the_sentinels_with_their_password_and_the_primary
     for sentinel in sentinels:
         sentinel_kwargs = sentinel.connection_pool.connection_kwargs
         assert sentinel_kwargs["password"] == "watch-pw"
-        assert sentinel_kwargs["socket_connect_timeout"] == 1.5
+        assert sentinel_kwargs["socket_connect_timeout"] == sentinel_kwargs["socket_timeout"] == 0.75  # shared
         assert sentinel_kwargs["retry"].get_retries() == 0
     assert store.where == "rediss+sentinel://127.0.0.1:1,127.0.0.1:2/mini-ipam"
 

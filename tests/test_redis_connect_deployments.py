@@ -8,16 +8,21 @@ deployment whole again.
 from __future__ import annotations
 
 import ipaddress
+import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from redis.cluster import RedisCluster
 
-from stores.base import AnySubnet, ConfigurationError, Granted, StoreError, StoreUnavailable
+from stores.base import AnySubnet, ConfigurationError, Granted, MapLost, StoreError, StoreUnavailable
 from stores.redis import RedisStore
+from stores.redis.connect import LazyCluster
+from stores.redis.server import durability_warnings
 from tests.redis_deployments import SERVICE, ClusterSetup, SentinelSetup
-from tests.servers import ServerFamily, family_params
+from tests.servers import ServerFamily, family_params, wait_until
 
 pytestmark = [pytest.mark.slow]
 
@@ -261,5 +266,94 @@ def test_while_the_map_s_slot_migrates_no_call_sees_half_a_map(cluster: ClusterS
         held.append(got)
         assert len(set(held)) == 4
         assert {block.subnet for block in store.blocks()} == set(held)
+    finally:
+        store.close()
+
+
+def test_a_store_can_be_built_on_redis_py_s_own_cluster_client(cluster: ClusterSetup) -> None:
+    host, port = cluster.seeds[-1]
+    made = RedisCluster(host=host, port=port, socket_timeout=TIMEOUT)
+    store = RedisStore(made, fresh_prefix(), timeout=TIMEOUT)
+    try:
+        assert isinstance(store.client, LazyCluster)  # whose scripts never follow an ASK
+        first, second = claim(store), claim(store)
+        assert first != second and {block.subnet for block in store.blocks()} == {first, second}
+        store.ping()
+    finally:
+        store.close()
+
+
+def test_persistence_and_eviction_are_read_from_the_node_that_serves_the_map(cluster: ClusterSetup) -> None:
+    prefix = fresh_prefix()
+    store = RedisStore.from_url(cluster_url(cluster.seeds, prefix), timeout=TIMEOUT)
+    owner = cluster.owner_of(cluster.slot_of(f"{{{prefix}}}:settings"))
+    owner.call("CONFIG", "SET", "maxmemory-policy", "allkeys-lru")  # on that node only
+    try:
+        for _ in range(5):  # whichever node the cluster client would pick by itself
+            assert any("allkeys-lru" in warning for warning in durability_warnings(store.client))
+    finally:
+        owner.call("CONFIG", "SET", "maxmemory-policy", "noeviction")
+        store.close()
+
+
+def test_hung_sentinels_or_a_hung_primary_fail_a_call_within_the_timeout(sentinel: SentinelSetup) -> None:
+    """SIGSTOP: the processes keep their sockets and answer nothing, as a host that froze would."""
+    store = RedisStore.from_url(sentinel_url(sentinel, fresh_prefix()), timeout=TIMEOUT, member="h1")
+    try:
+        claim(store)
+        store.client.connection_pool.disconnect()  # the next call asks the sentinels again
+        for group in ([*sentinel.sentinels], [sentinel.primary]):
+            for node in group:
+                assert node.process is not None
+                os.kill(node.process.pid, signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                with pytest.raises(StoreUnavailable):
+                    claim(store)
+                assert time.monotonic() - started < TIMEOUT + SLACK
+            finally:
+                for node in group:
+                    assert node.process is not None
+                    os.kill(node.process.pid, signal.SIGCONT)
+            store.client.connection_pool.disconnect()
+        got, _ = ride_through(lambda: claim(store))
+        assert got in {block.subnet for block in store.blocks()}
+    finally:
+        store.close()
+
+
+def test_a_shard_gone_entirely_fails_fast_and_comes_back_as_a_lost_map(cluster: ClusterSetup) -> None:
+    """The map's owner and its replica both killed (no persistence): refused fast while they are away; once
+    back, empty, the map is found lost, and nothing is handed out again."""
+    prefix = fresh_prefix()
+    slot = cluster.slot_of(f"{{{prefix}}}:settings")
+    store = RedisStore.from_url(cluster_url(cluster.seeds, prefix), timeout=TIMEOUT, member="h1")
+    try:
+        claim(store)
+        owner = cluster.owner_of(slot)
+        shard = [owner, *cluster.replicas_of(owner)]
+        for node in shard:
+            node.kill()
+        for _ in range(5):
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable):
+                claim(store)
+            assert time.monotonic() - started < TIMEOUT + SLACK
+        for node in shard:
+            node.restart()
+        cluster.wait_settled()
+        outcomes: list[str] = []
+
+        def answered() -> bool:
+            try:
+                outcomes.append(f"granted {claim(store)}")
+            except MapLost:  # a StoreUnavailable too: checked first
+                outcomes.append("lost")
+            except StoreUnavailable:
+                return False
+            return True
+
+        wait_until(answered, timeout=30, interval=0.05, what="the shard to answer again")
+        assert outcomes == ["lost"]  # never the first block again
     finally:
         store.close()

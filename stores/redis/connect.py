@@ -8,9 +8,9 @@
   to the new primary.
 * ``redis+cluster://``: a ``LazyCluster``, redis-py's ``RedisCluster`` made at
   its first use (RedisCluster reads the topology from a seed node when made;
-  a store must open without network I/O). RedisCluster follows MOVED and ASK,
-  and re-reads the topology after a node fails, so after a failover the next
-  call goes to the slot's new owner.
+  a store must open without network I/O). MOVED is followed, and the topology
+  re-read after a node fails, so after a failover the next call goes to the
+  slot's new owner. A script call never follows ASK (see ``LazyCluster.evalsha``).
 
 The whole map is one hash slot (every key is ``{P}:...``): every script call
 passes a key of the map, so RedisCluster sends it to the slot's owner. What
@@ -36,7 +36,14 @@ from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.commands.core import Script
 from redis.connection import Encoder  # type: ignore[attr-defined]
-from redis.exceptions import AskError, MovedError, RedisClusterException
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    RedisClusterException,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
@@ -45,6 +52,9 @@ from stores.redis.server import ServerWatch
 from stores.redis.urls import Durability, Seeds
 
 _RUN_ID = re.compile(rb"^run_id:(\w+)", re.MULTILINE)
+
+_SENTINEL_LEAST = 0.2
+"""Seconds a sentinel may take to answer at least, however many share the store timeout."""
 
 
 @dataclass(frozen=True)
@@ -99,7 +109,10 @@ def _sentinel_client(seeds: Seeds, timeout: float, watch: ServerWatch) -> redis.
         "retry": Retry(NoBackoff(), 0),
         **_tls_kwargs(seeds),
     }
-    sentinel_kwargs = dict(bounded)
+    # Finding the primary asks the sentinels one after the other: together they get the timeout, so a
+    # call is bounded by it even when every sentinel hangs (one answers within milliseconds normally).
+    share = max(_SENTINEL_LEAST, timeout / len(seeds.hosts))
+    sentinel_kwargs = {**bounded, "socket_timeout": share, "socket_connect_timeout": share}
     if seeds.sentinel_password is not None:
         sentinel_kwargs["password"] = seeds.sentinel_password
     if seeds.sentinel_username is not None:
@@ -164,6 +177,18 @@ class LazyCluster:
             **_tls_kwargs(seeds),
         }
 
+    @classmethod
+    def around(cls, cluster: RedisCluster) -> LazyCluster:
+        """A LazyCluster over a RedisCluster made elsewhere (its scripts then never follow an ASK either)."""
+        kwargs = cluster.nodes_manager.connection_kwargs
+        known = cluster.get_nodes()  # type: ignore[no-untyped-call]
+        nodes = tuple((node.host, int(node.port)) for node in known) or (("localhost", 6379),)
+        seeds = Seeds("cluster", nodes, username=kwargs.get("username"), password=kwargs.get("password"))
+        made = cls(seeds, kwargs.get("socket_timeout") or 0.0, ClusterWatch(ServerWatch(), ""))
+        made.connection_kwargs = dict(kwargs)
+        made._made = cluster
+        return made
+
     def cluster(self) -> RedisCluster:
         """The RedisCluster, made now if it was not yet."""
         made = self._made
@@ -184,7 +209,15 @@ class LazyCluster:
             return self._made
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # not the cluster's (and never made while this object is half-built)
+            raise AttributeError(name)
         return getattr(self.cluster(), name)
+
+    def config_get(self, pattern: str = "*") -> Any:
+        """CONFIG GET on the node that serves the map (persistence and eviction are that node's)."""
+        if not self.watch.anchor:
+            return self.cluster().config_get(pattern)
+        return node_at(self, self.watch.anchor).config_get(pattern)
 
     def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
         """EVALSHA on the node that serves the script's first key; a MOVED is followed, an ASK is not.
@@ -222,12 +255,18 @@ def is_cluster(client: Any) -> bool:
     return isinstance(client, LazyCluster | RedisCluster)
 
 
+def guarded(client: redis.Redis | RedisCluster) -> redis.Redis:
+    """``client``, or a RedisCluster wrapped in a LazyCluster (see ``LazyCluster.evalsha``); typed as the
+    client the store uses, since a LazyCluster answers the same calls."""
+    if isinstance(client, RedisCluster):
+        return cast(redis.Redis, LazyCluster.around(client))
+    return client
+
+
 def settings_of(client: Any) -> dict[str, Any]:
     """The connection settings a client was made with (for messages: timeout, password to scrub)."""
     if isinstance(client, LazyCluster):
         return client.connection_kwargs
-    if isinstance(client, RedisCluster):
-        return dict(client.nodes_manager.connection_kwargs)
     pool = getattr(client, "connection_pool", None)
     return dict(getattr(pool, "connection_kwargs", {}))
 
@@ -310,7 +349,7 @@ class _SlotPipeline:
     def execute(self, raise_on_error: bool = True) -> list[Any]:
         """Send the queued commands to the slot's owner; again after a MOVED (nothing ran then), at most twice."""
         for attempt in (1, 2, 3):
-            node = self._cluster.get_node_from_key(self._key)  # type: ignore[no-untyped-call]
+            node = self._owner()
             pipe = self._cluster.get_redis_connection(node).pipeline(transaction=False)
             for command in self._commands:
                 pipe.execute_command(*command)  # type: ignore[no-untyped-call]
@@ -320,6 +359,8 @@ class _SlotPipeline:
                 self._refresh(node)
                 raise
             first = results[0] if results else None
+            if isinstance(first, ClusterDownError | TryAgainError):
+                self._refresh(node)  # as RedisCluster does: the next call finds the new layout
             if isinstance(first, MovedError) and attempt < 3:
                 if attempt == 1:
                     self._cluster.nodes_manager.move_slot(first)
@@ -335,6 +376,17 @@ class _SlotPipeline:
                         raise result
             return list(results)
         raise redis.ConnectionError("the cluster kept moving the map's slot; try again")
+
+    def _owner(self) -> ClusterNode:
+        """The node that serves the key's slot, as the client knows; the topology is read again when it knows none."""
+        try:
+            return self._cluster.get_node_from_key(self._key)  # type: ignore[no-any-return, no-untyped-call]
+        except SlotNotCoveredError:
+            try:
+                self._cluster.nodes_manager.initialize()
+                return self._cluster.get_node_from_key(self._key)  # type: ignore[no-any-return, no-untyped-call]
+            except (redis.RedisError, RedisClusterException) as exc:
+                raise redis.ConnectionError(f"no node of the cluster serves the map's slot now ({exc})") from exc
 
     def _refresh(self, node: ClusterNode) -> None:
         """Re-read the topology after a node failed, as RedisCluster does for its own commands."""

@@ -22,6 +22,7 @@ from importlib import resources
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 from redis.sentinel import MasterNotFoundError
 
@@ -154,7 +155,7 @@ class RedisStore:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: redis.Redis | RedisCluster,
         prefix: str = DEFAULT_PREFIX,
         *,
         where: str | None = None,
@@ -177,7 +178,7 @@ class RedisStore:
         """
         urls.check_prefix(prefix)
         self.read_only = read_only
-        self._client = client
+        self._client = client = connect.guarded(client)  # a RedisCluster's scripts must not follow an ASK
         self._prefix = prefix
         self._keys = f"{{{prefix}}}:"
         self._anchor = [f"{self._keys}settings"]

@@ -96,7 +96,7 @@ class Ledger:
         self.refused += 1
         self.slowest_error = max(self.slowest_error, took)
         text = str(reply.get("Err", ""))
-        self.errors[text[:90]] += 1
+        self.errors[text[:160]] += 1
         if not text or any(word in text for word in RAW):
             self.raw_errors.append(f"{self.round}: {text!r}")
 

@@ -10,7 +10,7 @@ for the keys it no longer holds.
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import redis
@@ -162,29 +162,40 @@ class ClusterSetup(Deployment):
         owner.kill()
         return owner, replica
 
-    def wait_for_owner(self, slot: int, expected: Node, timeout: float = 60) -> None:
-        """Wait until ``expected`` is the master of ``slot`` and the whole cluster agrees (state ok)."""
+    def wait_for_owner(self, slot: int, expected: Node | Sequence[Node], timeout: float = 60) -> Node:
+        """Wait until ``expected`` (or one of them) is the master of ``slot`` and the whole cluster agrees (state
+        ok); returns that node."""
+        candidates = [expected] if isinstance(expected, Node) else list(expected)
+        found: list[Node] = []
 
         def owns() -> bool:
             try:
-                return self.owner_of(slot) is expected and expected.role() == "master" and self._settled()
+                owner = self.owner_of(slot)
+                if owner in candidates and owner.role() == "master" and self._settled():
+                    found[:] = [owner]
+                    return True
+                return False
             except (AssertionError, redis.RedisError, OSError):
                 return False
 
-        wait_until(owns, timeout=timeout, interval=0.05, what=f"{expected} to own slot {slot}")
+        wait_until(owns, timeout=timeout, interval=0.05, what=f"one of {candidates} to own slot {slot}")
+        return found[0]
 
     def fail_over(self, slot: int, *, kill: bool = True, timeout: float = 60) -> tuple[Node, Node]:
         """Move ``slot``'s owner's role to its replica: by kill -9 of the owner, or ``CLUSTER FAILOVER`` on the replica.
 
-        Returns (old owner, new owner) once the cluster agrees; a killed owner stays down.
+        Returns (old owner, new owner) once the cluster agrees; a killed owner stays down. After a kill,
+        any of the owner's replicas may win the election.
         """
         if kill:
-            old, new = self.kill_owner(slot)
+            replicas = self.replicas_of(self.owner_of(slot))
+            old, _ = self.kill_owner(slot)
+            new = self.wait_for_owner(slot, replicas, timeout)
         else:
             old = self.owner_of(slot)
             (new, *_) = self.replicas_of(old)
             new.call("CLUSTER", "FAILOVER")
-        self.wait_for_owner(slot, new, timeout)
+            self.wait_for_owner(slot, new, timeout)
         if not kill:
             self.wait_replicating(old, new, timeout)
         return old, new
