@@ -154,6 +154,8 @@ def main() -> None:
                         HOST,
                         "--host-ttl",
                         "3600",
+                        "--recovery-window",  # a map made for the benchmark has no members to wait for
+                        "0s",
                         "--log-level",
                         "warning",
                         log=directory / f"{name}.log",

@@ -120,7 +120,7 @@ def measure(client: UnixClient, monitor: Monitor, address_pool: str, batch: int)
     )
     gateways = iter(pool_ids)
     results["RequestAddress (gateway)"] = count(
-        monitor, lambda: client.ok("IpamDriver.RequestAddress", protocol.request_address(next(gateways), True)), batch
+        monitor, lambda: client.ok("IpamDriver.RequestAddress", protocol.request_address(next(gateways), gateway=True)), batch
     )
     addresses: list[str] = []
     few = min(batch, 10)  # the 98% pool has 20 free addresses
@@ -156,7 +156,7 @@ def measure(client: UnixClient, monitor: Monitor, address_pool: str, batch: int)
         lambda: granted.append(
             (
                 pool_id := next(global_gateways),
-                client.ok("IpamDriver.RequestAddress", protocol.request_address(pool_id, True))["Address"],
+                client.ok("IpamDriver.RequestAddress", protocol.request_address(pool_id, gateway=True))["Address"],
             )
         ),
         batch,
@@ -203,6 +203,8 @@ def main() -> None:
                     HOST,
                     "--host-ttl",
                     "3600",
+                    "--recovery-window",  # a map made for the benchmark has no members to wait for
+                    "0s",
                     "--log-level",
                     "warning",
                     log=directory / f"{prefix}.log",
