@@ -120,7 +120,9 @@ def measure(client: UnixClient, monitor: Monitor, address_pool: str, batch: int)
     )
     gateways = iter(pool_ids)
     results["RequestAddress (gateway)"] = count(
-        monitor, lambda: client.ok("IpamDriver.RequestAddress", protocol.request_address(next(gateways), gateway=True)), batch
+        monitor,
+        lambda: client.ok("IpamDriver.RequestAddress", protocol.request_address(next(gateways), gateway=True)),
+        batch,
     )
     addresses: list[str] = []
     few = min(batch, 10)  # the 98% pool has 20 free addresses
