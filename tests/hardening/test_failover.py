@@ -4,13 +4,15 @@ nothing handed out twice.
 * Sentinel (a primary, two replicas, three sentinels; ``redis+sentinel://``), with
   ``?wait_replicas=1``: each round kill -9s the primary; the sentinels promote a
   replica; the old primary is brought back as a replica before the next round.
-  No acknowledged claim may be lost: 0 duplicates, and no driver may find its map lost.
+  0 duplicates, nothing held missing from the map (a promoted replica that lacks the
+  last claims is found as a lost map and rebuilt: counted).
 * Sentinel without the option, after the only replica's link was cut: the promoted
   replica lacks the last acknowledged claims. The drivers must find the map lost
   (``lost_total`` goes up) and rebuild it; never hand anything out twice.
 * Cluster (three masters with a replica each; ``redis+cluster://`` naming one seed
   node), with ``?wait_replicas=1``: each round moves the map's slot to its replica,
-  by ``CLUSTER FAILOVER`` and by kill -9 of the owner in turn.
+  by ``CLUSTER FAILOVER`` and by kill -9 of the owner (brought back at once) in turn.
+  Its one replica has every acknowledged claim: no driver may find its map lost.
 
 Clients call the drivers as the engine does and keep a ledger of what they hold: a
 grant that overlaps a held subnet, or an address already held in its pool, is a
@@ -288,6 +290,12 @@ def test_sentinel_failovers_with_durable_acks_lose_nothing(
 ) -> None:
     family = redis_family
     family.require(family.sentinel)
+    # Two replicas, so that claims are acknowledged again as soon as the other replica follows the new
+    # primary. With wait_replicas=1 of 2, the sentinels (going by replication offsets up to a second
+    # old) may promote the replica that lacks the last claims: the drivers then find the map lost and
+    # rebuild it from their records (counted, not failed); nothing may be handed out twice or go missing.
+    # wait_replicas=2 would rule that out, and pause every claim after a failover until the old primary
+    # is back as a replica (the sentinels convert it about 10 s after it returns).
     with SentinelSetup(family, replicas=2) as setup:
         url = sentinel_url(setup, "prefix=durable&wait_replicas=1&wait_timeout=300ms")
         drivers = start_drivers(tmp_path / "durable", url, running)
@@ -298,9 +306,8 @@ def test_sentinel_failovers_with_durable_acks_lose_nothing(
             return lambda: setup.bring_back(old)
 
         ledger, figures = campaign(drivers, url, fault, ROUNDS)
-        report(capsys, f"Sentinel, {family.id}, kill -9 of the primary, wait_replicas=1", ledger, figures)
+        report(capsys, f"Sentinel, {family.id}, kill -9 of the primary, wait_replicas=1 of 2", ledger, figures)
     check(ledger)
-    assert figures.lost == [0] * figures.rounds, "with durable acks, no driver may find the map lost"
 
 
 @on(VALKEY)
@@ -343,7 +350,7 @@ def test_cluster_failovers_with_durable_acks_lose_nothing(
 ) -> None:
     family = redis_family
     family.require(family.cli)
-    with ClusterSetup(family, replicas=2) as cluster:  # the other replica follows the new owner
+    with ClusterSetup(family, replicas=1) as cluster:  # one replica: it has every acknowledged claim (see above)
         prefix = "cluster"
         slot = cluster.slot_of(f"{{{prefix}}}:settings")
         seed = next(node for node in cluster.cluster_nodes if node is not cluster.owner_of(slot))
@@ -353,14 +360,10 @@ def test_cluster_failovers_with_durable_acks_lose_nothing(
         def fault(number: int) -> Callable[[], None]:
             kill = number % 2 == 1
             old, new = cluster.fail_over(slot, kill=kill)
-            if not kill:
-                return lambda: None
-
-            def heal() -> None:
+            if kill:  # back at once, as a replica of the new owner: acknowledgements need it
                 cluster.bring_back(old)
                 cluster.wait_replicating(old, new)
-
-            return heal
+            return lambda: None
 
         ledger, figures = campaign(drivers, url, fault, ROUNDS)
         report(capsys, f"Cluster, {family.id}, CLUSTER FAILOVER and kill -9 of the owner, wait_replicas=1",
