@@ -72,6 +72,8 @@ MAP_GEN = RECORD_NOTES + "map_gen"
 MAP_OWN = RECORD_NOTES + "map_own"
 MEMBERS = RECORD_NOTES + "members"
 MAP_NAME = RECORD_NOTES + "map"
+STRIPES = 64
+"""Locks that order a pool's (or its addresses') release and re-grant in the record."""
 WARNINGS_EVERY = 60.0
 """Seconds between two reads of the server's persistence and eviction settings."""
 
@@ -164,6 +166,10 @@ class RecoveringStore:
             record.remember(MAP_NAME, map_name)
         self._lock = threading.Lock()
         self._changes = _Gate()
+        # One lock per stripe of pool keys, held from a release in the map to its drop from the record,
+        # and taken by a grant of the same key before it records it: so a release's drop can never
+        # remove the record of the same pool or address granted again in between (by another thread).
+        self._stripes = tuple(threading.Lock() for _ in range(STRIPES))
         self._rebuilder: threading.Thread | None = None
         self._stopping = threading.Event()
         self.listeners: list[Callable[[str, str], None]] = []
@@ -466,6 +472,10 @@ class RecoveringStore:
                 )
             self.state.settling_until = None
 
+    def _stripe(self, subnet: Network, scope: str) -> threading.Lock:
+        """The lock of the pool ``(subnet, scope)`` (and of its addresses)."""
+        return self._stripes[hash((subnet, scope)) % STRIPES]
+
     # -- the Store protocol ----------------------------------------------------
 
     def _shared(self, operation: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -493,13 +503,14 @@ class RecoveringStore:
                 self.shared.open_pool, target, scope=scope, label=label, owner=owner, share_label=share_label
             )
             if isinstance(result, Granted) and self.record is not None:
-                self.record.keep_pool(result.pool)
+                with self._stripe(result.pool.subnet, scope):
+                    self.record.keep_pool(result.pool)
             return result
 
     def close_pool(self, subnet: Network, scope: str) -> ClosedPool | None:
         self._ensure_started()
         recorded: PoolInfo | None = None
-        with self._changes:
+        with self._changes, self._stripe(subnet, scope):
             try:
                 closed: ClosedPool | None = self._shared(self.shared.close_pool, subnet, scope)
             except MapLost:
@@ -534,22 +545,30 @@ class RecoveringStore:
             claimed: bool = self._shared(self.shared.claim_address, subnet, scope, address, note)
             if self.record is not None:
                 # Claimed now, or already (the same host's, or a replay in a shared pool): either way held.
-                self.record.keep_address(subnet, scope, AddressClaim(address, time.time(), note))
+                with self._stripe(subnet, scope):
+                    self.record.keep_address(subnet, scope, AddressClaim(address, time.time(), note))
             return claimed
 
     def claim_next_address(
         self, subnet: Network, scope: str, first: Address, last: Address, serial: bool, note: str = ""
     ) -> Address | None:
-        self._refuse_while_lost()
-        found: Address | None = self._shared(self.shared.claim_next_address, subnet, scope, first, last, serial, note)
-        if found is not None and self.record is not None:
-            self.record.keep_address(subnet, scope, AddressClaim(found, time.time(), note))
-        return found
+        self._ensure_started()
+        with self._changes:
+            # Inside the gate like every change: a rebuild reading the record must not fall between
+            # the map's grant and its entry in the record.
+            self._refuse_while_lost()
+            found: Address | None = self._shared(
+                self.shared.claim_next_address, subnet, scope, first, last, serial, note
+            )
+            if found is not None and self.record is not None:
+                with self._stripe(subnet, scope):
+                    self.record.keep_address(subnet, scope, AddressClaim(found, time.time(), note))
+            return found
 
     def release_address(self, subnet: Network, scope: str, address: Address) -> bool:
         self._ensure_started()
         recorded = False
-        with self._changes:
+        with self._changes, self._stripe(subnet, scope):
             try:
                 released: bool = self._shared(self.shared.release_address, subnet, scope, address)
             except MapLost:

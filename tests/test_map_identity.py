@@ -18,6 +18,7 @@ from typing import Any
 import fakeredis
 import pytest
 
+from mini_ipam.testing import wait_until
 from stores import (
     AddressClaim,
     AnySubnet,
@@ -457,3 +458,34 @@ def test_a_member_that_lost_its_record_keeps_what_the_map_holds_for_it_and_recor
         open_any(again)
     wait_rebuilt(again)
     assert [c.address for c in again.address_claims(held, "local@a")] == [address]  # re-asserted from it
+
+
+def test_a_release_never_drops_from_the_record_the_same_pool_granted_again_meanwhile(
+    members: Callable[..., RecoveringStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Thread A releases a pool; the map frees it; thread B is granted the same pool before A's
+    release reaches the record. A's drop must not remove B's pool from the record (it did: the pool
+    was then not re-asserted after a loss, and another host was handed its subnet)."""
+    a = members("a", window=0)
+    subnet = open_any(a).pool.subnet
+    scope = "local@a"
+    b_granted = threading.Event()
+    close, open_ = a.shared.close_pool, a.shared.open_pool
+
+    def close_then_wait(*args: Any, **kwargs: Any) -> Any:
+        closed = close(*args, **kwargs)
+        threading.Thread(target=lambda: a.open_pool(ExactSubnet(subnet), scope=scope, label="local", owner="a")).start()
+        assert b_granted.wait(5)
+        return closed
+
+    def open_then_tell(*args: Any, **kwargs: Any) -> Any:
+        granted = open_(*args, **kwargs)
+        b_granted.set()
+        return granted
+
+    monkeypatch.setattr(a.shared, "close_pool", close_then_wait)
+    monkeypatch.setattr(a.shared, "open_pool", open_then_tell)
+    assert a.close_pool(subnet, scope) is not None
+    assert a.record is not None
+    wait_until(lambda: a.record.pool(subnet, scope) is not None, timeout=5, what="the pool granted again recorded")
+    assert [p.subnet for p in a.pools() if p.owner == "a"] == [subnet]
