@@ -37,6 +37,7 @@ import pytest
 import stores
 from stores.file import FileStore
 from tests.e2e.engines import (
+    RECOVERING,
     BusyboxImage,
     Engine,
     EngineUnavailable,
@@ -47,7 +48,7 @@ from tests.e2e.engines import (
     fetch_release,
     scratch_directory,
 )
-from tests.servers import RedisServer, require_binary, unavailable
+from tests.servers import RedisServer, require_binary, unavailable, wait_until
 from tests.swarm.cluster import (
     DEFAULT_MIRROR,
     STATE_MOUNT,
@@ -227,6 +228,30 @@ def _empty_after_test(cluster: Cluster) -> None:
     settle(empty, timeout=60, what="the store to hold no claim once everything is removed")
 
 
+def _wait_map_settled(node: Node, timeout: float = 30) -> None:
+    """Wait until the new shared map hands out subnets: a bridge of the plugin's is created (and removed).
+
+    A new map refuses new subnets for a short recovery window; swarm's allocator would retry a
+    refused overlay only much later, so the tests start once the window is over. Any other
+    refusal fails at once.
+    """
+    last: list[str] = []
+
+    def created() -> bool:
+        result = node.try_bridge("map-settled", "--ipam-opt", "size=30")
+        if result.returncode == 0:
+            node.docker("network", "rm", "map-settled", check=True)
+            return True
+        assert RECOVERING in result.stderr, f"{node.name}: a first bridge was refused: {result.stderr}"
+        last[:] = [result.stderr]
+        return False
+
+    try:
+        wait_until(created, timeout=timeout, interval=0.2, what=f"the map to settle on {node.name}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the last refusal: {last[-1] if last else '-'}") from None
+
+
 _pairs = itertools.count(1)
 
 REDIS_STORE = f"unix://{STATE_MOUNT}/redis.sock"
@@ -245,7 +270,9 @@ def _redis_cluster(
     reached by its inode, so every link leads to the one server.
     """
     (directory / "redis").mkdir(parents=True)
-    redis = RedisServer(directory / "redis")
+    # Durable as the driver asks (else every plugin start logs a warning, which the tests count as
+    # a problem): an append-only file, fsynced before each acknowledgement.
+    redis = RedisServer(directory / "redis", options=("--appendonly", "yes", "--appendfsync", "always"))
     redis.start()
     for name in names:
         (directory / f"state-{name}").mkdir()
@@ -258,6 +285,7 @@ def _redis_cluster(
     )
     try:
         _bring_up(cluster, plugin, image, store=REDIS_STORE, state=lambda node: directory / f"state-{node.name}")
+        _wait_map_settled(cluster.nodes[0])
         yield cluster
     finally:
         try:
