@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stores import Address, Block, Network, Store
+from stores import Address, Block, Network, Store, UnknownPool
 from tests.e2e.engines import IMAGE, SLEEPER, Engine, Lab, Namespace, NetworkInfo, Release, run
 from tests.servers import wait_until
 
@@ -68,7 +68,7 @@ STATE_MOUNT = Path("/var/lib/mini-ipam")
 
 _REQUEST = re.compile(
     r'msg="\S+ \S+ (?P<level>[A-Z]+) mini_ipam\.requests: (?P<method>\w+) pool=(?P<pool>\S+) (?P<outcome>.*?)'
-    r'(?: \[asked [^\]]*\])? [\d.]+ms" plugin=(?P<plugin>[0-9a-f]{64})$'
+    r' [\d.]+ms" plugin=(?P<plugin>[0-9a-f]{64})$'
 )
 _PLUGIN_PROBLEM = re.compile(r'msg="\S+ \S+ (WARNING|ERROR|CRITICAL) .*" plugin=[0-9a-f]{64}$')
 _ENGINE_PROBLEM = re.compile(r"\blevel=(error|warning|fatal)\b")
@@ -239,13 +239,23 @@ class AddressMap:
     """(subnet, scope) → claimed addresses; scope is ``global`` or ``local@<host-id>``."""
 
     @classmethod
-    def read(cls, store: Store) -> AddressMap:
-        """Read ``store`` now."""
-        pools = {}
-        for pool in store.pools():
-            claims = store.address_claims(pool.subnet, pool.scope)
-            pools[(pool.subnet, pool.scope)] = frozenset(claim.address for claim in claims)
-        return cls(tuple(store.blocks()), pools)
+    def read(cls, store: Store, attempts: int = 20) -> AddressMap:
+        """Read ``store`` now.
+
+        Pools and their addresses are read one after the other: a pool closed in between
+        (UnknownPool) means the map changed under the reader, and the whole read starts again.
+        """
+        for _ in range(attempts):
+            pools = {}
+            try:
+                for pool in store.pools():
+                    pools[(pool.subnet, pool.scope)] = frozenset(
+                        claim.address for claim in store.address_claims(pool.subnet, pool.scope)
+                    )
+            except UnknownPool:
+                continue
+            return cls(tuple(store.blocks()), pools)
+        raise AssertionError(f"the map kept changing while it was read ({attempts} attempts)")
 
     def overlapping(self, subnet: Network) -> list[Block]:
         """Every claimed subnet that overlaps ``subnet``."""
