@@ -5,7 +5,7 @@
   only; ``MINI_IPAM_DEBIAN_MIRROR`` picks the mirror. ~90 s the first time, then free.
 * ``plugin_build``: ``scripts/build-plugin.sh`` once per session on a builder engine.
 * ``plugin_registry``: ``scripts/build-plugin.sh --push`` once per session to Debian's
-  ``docker-registry`` (as tag ``1``, then tagged ``2`` too); every swarm below runs a registry on its own
+  ``docker-registry`` (as tag ``1``, and tag ``2`` with one file more); every swarm below runs a registry on its own
   lab LAN over that storage, and each node gets the plugin with ``docker plugin install``.
 * ``two_node_swarm`` (a manager and a worker), ``three_manager_swarm`` and
   ``file_swarm`` (one node, ``file://`` store): per module, torn down after it. The
@@ -168,8 +168,12 @@ def plugin_registry(swarm_machine: dict[str, str], swarm_dir: Path, base_tarball
         with timed("push the plugin to a local registry (import base, build-plugin.sh --push)"):
             builder.docker("import", str(base_tarball), BASE_IMAGE, check=True, timeout=300)
             pushed = plugin_registry_.push_plugin(builder, BASE_IMAGE, ROOT / "scripts" / "build-plugin.sh")
-            for tag in plugin_registry_.TAGS[1:]:
-                registry.tag(plugin_registry_.TAGS[0], tag)
+        with timed("push a second release of it (one file more)"):
+            first, second = plugin_registry_.TAGS
+            plugin_registry_.push_changed_tag(
+                builder, plugin_registry_.reference(first), second, ROOT / "packaging" / "plugin" / "config.json",
+                directory / "pusher" / "second",
+            )  # fmt: skip
     finally:
         try:
             builder.destroy()
@@ -191,11 +195,17 @@ def _lab_registry(storage: Path, directory: Path, prefix: str) -> Registry:
 
 def _install_from_registry(node: Node, *, store: str, state: Path) -> None:
     """``docker plugin install`` the first tag, its settings on the line (as ``Node.enable_plugin`` sets them)."""
+    # The nodes of a Redis swarm mount one directory (it holds the Redis socket): each keeps its own record there.
     settings = {
         "state.source": str(state), "MINI_IPAM_STORE": store, "MINI_IPAM_HOST_ID": node.name,
         "MINI_IPAM_POOL": str(PARENT), "MINI_IPAM_LOG_LEVEL": "debug",
+        "MINI_IPAM_LOCAL_RECORD": f"{STATE_MOUNT}/record-{node.name}.json",
     }  # fmt: skip
     plugin_registry_.install(node.engine, PLUGIN, plugin_registry_.reference(plugin_registry_.TAGS[0]), settings)
+
+
+def _enable(node: Node) -> None:
+    node.docker("plugin", "enable", PLUGIN, check=True, timeout=120)
 
 
 @pytest.fixture(scope="session")
@@ -228,6 +238,8 @@ def _bring_up(
         unavailable(f"cannot start a Docker engine and a registry here: {exc}")
     with ThreadPoolExecutor(len(cluster.nodes)) as pool:
         list(pool.map(lambda node: _install_from_registry(node, store=store, state=state(node)), cluster.nodes))
+    with ThreadPoolExecutor(len(cluster.nodes)) as pool:
+        list(pool.map(_enable, cluster.nodes))
     image.install(cluster.nodes[0].engine)
     with ThreadPoolExecutor(len(cluster.nodes)) as pool:
         list(pool.map(image.install, [node.engine for node in cluster.nodes[1:]]))
@@ -338,12 +350,14 @@ FILE_STORE = f"file://{STATE_MOUNT}/state.json"
 
 
 @pytest.fixture(scope="module")
-def file_swarm(swarm_dir: Path, plugin_registry: Path, swarm_image: BusyboxImage) -> Iterator[Cluster]:
-    """A one-node swarm whose plugin keeps its claims in a state file (``file://``, no Redis).
+def file_swarm(
+    request: pytest.FixtureRequest, swarm_dir: Path, plugin_registry: Path, swarm_image: BusyboxImage
+) -> Iterator[Cluster]:
+    """A one-node swarm whose plugin keeps its claims in a state file (``file://``, no Redis); one per module.
 
     The state file is read with ``FileStore(path, read_only=True)`` while the plugin runs.
     """
-    directory = swarm_dir / "single"
+    directory = swarm_dir / f"single-{request.module.__name__.rsplit('.', 1)[-1]}"
     state = directory / "state"
     state.mkdir(parents=True)
 
