@@ -1,6 +1,6 @@
 """Run every benchmark, one after the other, then print one summary table of their figures.
 
-    python bench/all.py                     # all nine benchmarks (about 10 minutes on 2 cores)
+    python bench/all.py                     # all twelve benchmarks (about 25 minutes on 2 cores)
     python bench/all.py startup durability  # only these
     python bench/all.py --summary           # only the table, from bench/results/*.json
     python bench/all.py --profile           # also bench/profile_floor.py (needs py-spy)
@@ -30,6 +30,9 @@ BENCHMARKS = (
     "memory_rss",
     "startup",
     "latency_vs_fill",
+    "redis_cost",
+    "scrape_cost",
+    "fleet",
 )
 
 

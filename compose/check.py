@@ -27,6 +27,11 @@ API = "/v1.41"
 
 SIZES = (28, 26, 29, 24, 30, 27)
 
+RECOVERING = "is new or being rebuilt after a loss"
+"""In the drivers' refusal of a new subnet while their shared map is new or being rebuilt: retry then."""
+RECOVERY_WAIT = 60.0
+"""How long a create is retried through that refusal (the window itself lasts seconds)."""
+
 
 class EngineError(RuntimeError):
     """The engine answered with an error status."""
@@ -106,11 +111,17 @@ def main(argv: list[str] | None = None) -> int:
         engine.remove_network(name)
 
     def create(job: tuple[Engine, str, int]) -> tuple[str, str, Any]:
+        # The drivers may have just started on a new map, which refuses new subnets for a short
+        # recovery window and says to retry: do, until the window is over; fail on anything else.
         engine, name, size = job
-        try:
-            return engine.name, name, engine.create_network(name, args.driver, {"size": str(size)})
-        except EngineError as exc:
-            return engine.name, name, exc
+        deadline = time.monotonic() + RECOVERY_WAIT
+        while True:
+            try:
+                return engine.name, name, engine.create_network(name, args.driver, {"size": str(size)})
+            except EngineError as exc:
+                if RECOVERING not in str(exc) or time.monotonic() > deadline:
+                    return engine.name, name, exc
+            time.sleep(0.2)
 
     failures: list[str] = []
     started = time.monotonic()

@@ -32,6 +32,11 @@ python=$(chroot "$work/rootfs" python3 -c 'import platform; print(platform.pytho
 mkdir -p "$here/.wheels"
 rm -f "$here"/.wheels/mini_ipam-*.whl
 python3 -m pip wheel --quiet --no-deps --wheel-dir "$here/.wheels" "$repo"
+# The build requirements are pyproject.toml's own (pinned there), so that pip in the image can
+# build mini-ipam from /src without an index.
+build_requires=$(cd "$repo" && python3 -c \
+    'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"]))')
+# shellcheck disable=SC2086 # one requirement per line, none with spaces
 python3 -m pip download --quiet --dest "$here/.wheels" --only-binary=:all: --python-version "$python" \
-    "setuptools>=61" wheel "async-timeout>=4.0.3" "$here"/.wheels/mini_ipam-*.whl
+    $build_requires wheel "async-timeout>=4.0.3" "$here"/.wheels/mini_ipam-*.whl
 echo "base image $image and wheelhouse $here/.wheels ready"

@@ -56,7 +56,7 @@ def create_app(driver: Driver, *, operations: Operations | None = None, metrics:
     app = Flask("mini_ipam")
     operations = operations or Operations(driver.allocator)
     metrics = metrics or Metrics()
-    metrics.watch_map(operations.inventory)
+    metrics.watch_map(operations.summary)
     record = RequestRecorder(metrics)
     app.config["MAX_CONTENT_LENGTH"] = protocol.MAX_BODY
     methods: dict[str, Callable[[Json], Any]] = {

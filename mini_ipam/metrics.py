@@ -73,8 +73,12 @@ class Metrics:
         if error_kind is not None:
             self.errors.labels(error_kind).inc()
 
-    def watch_map(self, take: Callable[[], Inventory], max_age: float = 10.0) -> None:
-        """Publish the map's state, read with ``take`` at most every ``max_age`` seconds."""
+    def watch_map(self, take: Callable[[], Inventory], max_age: float = 1.0) -> None:
+        """Publish the map's usage per parent, read with ``take`` at most every ``max_age`` seconds.
+
+        ``take`` gives the parents only (``inventory.take_summary``): on Redis one round trip
+        of counters, whatever the map holds, so the gauges are kept fresh.
+        """
         self.registry.register(_MapCollector(take, max_age, self._store_answered))
 
     def watch_health(self, check: Callable[[], tuple[int, dict[str, Any]]]) -> None:
@@ -247,16 +251,10 @@ class _MapCollector(Collector):
         )  # fmt: skip
         size = GaugeMetricFamily("mini_ipam_parent_addresses", "Addresses in the parent range, by parent",
                                  labels=("parent",))  # fmt: skip
-        in_use: dict[tuple[str, int], int] = {}
-        for pool in inventory.pools:
-            parent = _parent_of(pool.subnet, [p.parent for p in inventory.parents])
-            if parent is not None:
-                key = (parent, int(pool.subnet.rsplit("/", 1)[1]))
-                in_use[key] = in_use.get(key, 0) + len(pool.addresses)
         for view in inventory.parents:
             for length, count in sorted(view.blocks_by_size.items()):
                 pools.add_metric([view.parent, str(length)], count)
-                addresses.add_metric([view.parent, str(length)], in_use.get((view.parent, length), 0))
+                addresses.add_metric([view.parent, str(length)], view.addresses_by_size.get(length, 0))
             free.add_metric([view.parent], view.free_addresses)
             size.add_metric([view.parent], view.used_addresses + view.free_addresses)  # the parent's size
             if view.largest_free is not None:
@@ -305,14 +303,3 @@ class _HealthCollector(Collector):
         for name in ("lost", "recovering", "ready"):
             state.add_metric([name], 1.0 if shared["state"] == name else 0.0)
         yield state
-
-
-def _parent_of(subnet: str, parents: Sequence[str]) -> str | None:
-    import ipaddress
-
-    network = ipaddress.ip_network(subnet)
-    for parent in parents:
-        candidate = ipaddress.ip_network(parent)
-        if candidate.version == network.version and network.subnet_of(candidate):  # type: ignore[arg-type]
-            return parent
-    return None

@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any, Protocol
 
 from mini_ipam.allocator import Allocator
 from mini_ipam.errors import IpamError
-from mini_ipam.inventory import Inventory, take_inventory
-from stores import MapHealth, Network, Rebuilding, StoreError, StoreUnavailable
+from mini_ipam.inventory import (
+    EVERY_POOL,
+    Inventory,
+    ParentView,
+    PoolFilter,
+    PoolView,
+    list_pools,
+    take_inventory,
+    take_summary,
+)
+from stores import MapHealth, Network, Rebuilding, StoreError, StoreUnavailable, redact_url
 
 STORE_ADVICE = (
     "check that the store runs and that this host can reach it (--store, MINI_IPAM_STORE); until it answers, "
@@ -29,12 +40,29 @@ class Operations:
     """Health and inventory of one driver."""
 
     def __init__(
-        self, allocator: Allocator, presence: TwinWatch | None = None, shared: Rebuilding | None = None
+        self,
+        allocator: Allocator,
+        presence: TwinWatch | None = None,
+        shared: Rebuilding | None = None,
+        store_url: str = "",
     ) -> None:
-        """``shared``: the store when it is a shared map, whose identity the health check then proves."""
+        """``shared``: the store when it is a shared map, whose identity the health check then proves;
+        ``store_url``: the driver's store, told (without its password) by ``settings``."""
         self.allocator = allocator
         self.presence = presence
         self.shared = shared
+        self.store_url = store_url
+
+    def settings(self) -> dict[str, Any]:
+        """What the operator commands need to read this driver's map: its store (no password) and parents."""
+        settings = self.allocator.settings
+        body: dict[str, Any] = {
+            "store": redact_url(self.store_url) if self.store_url else "",
+            "pool": [str(parent) for parent in settings.parents4],
+            "pool6": [str(parent) for parent in settings.parents6],
+            "host_id": settings.host_id,
+        }
+        return body
 
     def health(self) -> tuple[int, dict[str, Any]]:
         """200 when a claim could be made now; 503 with the reason when it could not.
@@ -93,6 +121,25 @@ class Operations:
     def inventory(self) -> Inventory:
         """The whole map, read now."""
         return take_inventory(self.allocator.store, self.parents())
+
+    def summary(self) -> Inventory:
+        """The parents' usage, without pools: a bounded cost on a store that counts (see ``take_summary``)."""
+        return take_summary(self.allocator.store, self.parents())
+
+    def parent_views(self, *, free_blocks: bool) -> list[ParentView]:
+        """The parents' usage; with ``free_blocks``, also their free blocks per size (which reads every block)."""
+        counted = self.summary().parents
+        if not free_blocks or all(view.free_blocks is not None for view in counted):
+            return counted
+        scanned = take_inventory(self.allocator.store, self.parents(), with_pools=False).parents
+        return [
+            replace(view, addresses_by_size=known.addresses_by_size)
+            for view, known in zip(scanned, counted, strict=True)
+        ]
+
+    def pools(self, only: PoolFilter = EVERY_POOL) -> Iterator[PoolView]:
+        """The pools ``only`` admits, read one by one (see ``list_pools``)."""
+        return list_pools(self.allocator.store, only)
 
 
 def _map_body(view: MapHealth) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from mini_ipam.metrics import Metrics
@@ -13,12 +13,14 @@ from stores import (
     AnySubnet,
     Block,
     ClosedPool,
+    Counting,
     ExactSubnet,
     Granted,
     Lease,
     Network,
     NoFreeSubnet,
     Overlap,
+    ParentUsage,
     PoolInfo,
     Store,
     StoreTraits,
@@ -44,6 +46,7 @@ class TimedStore:
         self._release_address = histogram.labels("release_address").observe
         self._blocks = histogram.labels("blocks").observe
         self._pools = histogram.labels("pools").observe
+        self._usage = histogram.labels("usage").observe
         self._address_claims = histogram.labels("address_claims").observe
         self._ping = histogram.labels("ping").observe
         self._setting = histogram.labels("setting").observe
@@ -94,6 +97,12 @@ class TimedStore:
 
     def pools(self) -> list[PoolInfo]:
         return self._timed(self._pools, self.store.pools)
+
+    def usage(self, parents: Sequence[Network]) -> list[ParentUsage] | None:
+        """The wrapped store's counters when it keeps them , else None."""
+        if not isinstance(self.store, Counting):
+            return None
+        return self._timed(self._usage, self.store.usage, parents)
 
     def address_claims(self, subnet: Network, scope: str) -> list[AddressClaim]:
         return self._timed(self._address_claims, self.store.address_claims, subnet, scope)

@@ -23,6 +23,7 @@ from stores.base import (
     ClosedPool,
     ConfigurationError,
     CorruptState,
+    Counting,
     ExactSubnet,
     Granted,
     Lease,
@@ -35,6 +36,7 @@ from stores.base import (
     Network,
     NoFreeSubnet,
     Overlap,
+    ParentUsage,
     PoolInfo,
     Rebuilding,
     Store,
@@ -55,6 +57,7 @@ __all__ = [
     "ClosedPool",
     "ConfigurationError",
     "CorruptState",
+    "Counting",
     "ExactSubnet",
     "Granted",
     "Lease",
@@ -67,6 +70,7 @@ __all__ = [
     "Network",
     "NoFreeSubnet",
     "Overlap",
+    "ParentUsage",
     "PoolInfo",
     "Rebuilding",
     "Store",
@@ -121,7 +125,7 @@ def _open_local(opener: Callable[..., Store]) -> Opener:
     return open_local
 
 
-REDIS_SCHEMES = ("redis", "rediss", "unix")
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel", "redis+cluster", "rediss+cluster")
 
 _BACKENDS: dict[str, tuple[Opener, StoreTraits]] = {
     "memory": (_open_local(MemoryStore.from_url), MemoryStore.TRAITS),
@@ -156,9 +160,9 @@ def check_url(url: str) -> None:
     elif scheme == "file":
         FileStore.path_of(url)
     else:
-        from stores.redis.urls import split_url  # loads redis-py, which opening the store would load anyway
+        from stores.redis.urls import is_seeds_url, split_seeds_url, split_url  # loads redis-py, as opening would
 
-        split_url(url)
+        split_seeds_url(url) if is_seeds_url(url) else split_url(url)
 
 
 def from_url(url: str, **options: Any) -> Store:
@@ -168,6 +172,9 @@ def from_url(url: str, **options: Any) -> Store:
     * ``file:///abs/path.json``: memory, plus a journal written before every reply.
     * ``redis://[user:password@]host:port/db``, ``rediss://...`` (TLS),
       ``unix:///path/redis.sock?db=N``: a shared Redis; ``?prefix=NAME`` separates maps.
+    * ``redis+sentinel://[user:password@]host1:26379[,host2:26379...]/SERVICE[/DB]``: the primary
+      the sentinels name; ``redis+cluster://[user:password@]host1:port[,host2:port...]``: a Redis
+      Cluster (any seed node that answers); ``rediss+...`` for TLS.
 
     Options every backend takes: ``timeout`` (seconds a round trip to a networked
     store may take; default 5) and ``read_only`` (open a single-writer store to read

@@ -39,6 +39,7 @@ Exception tree::
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
@@ -364,6 +365,40 @@ def redact_url(url: str) -> str:
     if not at or not colon:
         return url
     return parts._replace(netloc=f"{user}:***@{location}").geturl()
+
+
+@dataclass(frozen=True)
+class ParentUsage:
+    """What the map holds inside one parent range, read from counters kept beside the tree.
+
+    ``blocks_by_size`` and ``addresses_by_size`` map a prefix length to the claimed blocks of
+    that size inside the parent and the addresses claimed in their pools; ``around``
+    counts blocks that hold the whole parent; ``largest_free`` is the prefix length of
+    the largest free aligned block inside it (None when none is free).
+    """
+
+    parent: Network
+    blocks_by_size: dict[int, int]
+    addresses_by_size: dict[int, int]
+    around: int
+    largest_free: int | None
+
+    @property
+    def used_addresses(self) -> int:
+        """Addresses of the parent covered by claimed blocks."""
+        if self.around:
+            return self.parent.num_addresses
+        width = self.parent.max_prefixlen
+        return sum(count << (width - length) for length, count in self.blocks_by_size.items())
+
+
+@runtime_checkable
+class Counting(Protocol):
+    """A store that keeps usage counters per parent, so a summary costs one round trip whatever the map holds."""
+
+    def usage(self, parents: Sequence[Network]) -> list[ParentUsage] | None:
+        """The usage of each parent, in order; None when the store cannot count one of them (then scan)."""
+        ...
 
 
 @runtime_checkable

@@ -53,6 +53,7 @@ from stores.base import (
     Network,
     NoFreeSubnet,
     Overlap,
+    ParentUsage,
     PoolInfo,
     StoreError,
     StoreTraits,
@@ -239,7 +240,11 @@ class RecoveringStore:
         if self.state.settling_until is not None and time.time() >= self.state.settling_until:
             self.state.settling_until = None
         found = status.identity
-        if self.record is not None and status.alive:
+        intact = known is not None and found is not None and found.id == known.id and found.gen >= known.gen
+        if self.record is not None and status.alive and intact and self.state.lost is None:
+            # Only a map found intact says who its members are: after a flush, the heartbeats that
+            # came back first would leave out the members that have not beaten yet, and a rebuild
+            # would then not wait for their claims.
             self.record.remember(MEMBERS, " ".join(sorted(status.alive)))
         if known is not None and self.state.lost is None:
             if found is None:
@@ -328,7 +333,13 @@ class RecoveringStore:
                 stored = self.shared.restore_setting(name, value, identity)
                 if stored != value:
                     conflicts.append(f"setting {name}: the map has {stored}, this host had {value}")
-            discarded = self._discard_ghosts(identity)
+            if known is None:
+                # A record that knew no map (a first start, a record deleted or moved, an upgrade from a
+                # version that kept none) is no list of what this member holds: what the map holds for
+                # it is real, so nothing is dropped, and the record learns it once adopted (below).
+                self.shared.cleaned(identity)
+            else:
+                discarded = self._discard_ghosts(identity)
             refused: list[tuple[PoolInfo, list[AddressClaim], Block]] = []
             for attempt in range(2):
                 todo = list(self.record.holdings()) if attempt == 0 else [(p, c) for p, c, _ in refused]
@@ -349,6 +360,8 @@ class RecoveringStore:
             ]
         until = self.shared.restored(identity)
         self.shared.adopt(identity)
+        if known is None and self.record is not None:
+            self._adopt_holdings()
         if self.record is not None:
             self.record.remember(MAP_ID, identity.id)
             self.record.remember(MAP_GEN, str(identity.gen))
@@ -375,6 +388,17 @@ class RecoveringStore:
                 if until else "")  # fmt: skip
         for listener in self.listeners:
             listener("rebuilt", self.state.last_rebuild)
+
+    def _adopt_holdings(self) -> None:
+        """Copy into the record the pools (with their addresses) that the map holds for this member."""
+        assert self.record is not None
+        member = self.shared.member
+        for pool in self.shared.pools():
+            if pool.owner != member or self.record.pool(pool.subnet, pool.scope) is not None:
+                continue
+            self.record.keep_pool(pool)
+            for claim in self.shared.address_claims(pool.subnet, pool.scope):
+                self.record.keep_address(pool.subnet, pool.scope, claim)
 
     def _discard_ghosts(self, identity: MapIdentity) -> int:
         """Close the pools the map holds for this member that its record does not: after the map came
@@ -544,6 +568,11 @@ class RecoveringStore:
     def pools(self) -> list[PoolInfo]:
         found: list[PoolInfo] = self._shared(self.shared.pools)
         return found
+
+    def usage(self, parents: Sequence[Network]) -> list[ParentUsage] | None:
+        """The shared map's counters (see ``RedisStore.usage``)."""
+        counted: list[ParentUsage] | None = self._shared(self.shared.usage, parents)
+        return counted
 
     def address_claims(self, subnet: Network, scope: str) -> list[AddressClaim]:
         """The pool's claims; while the map is lost, as this host's record has them."""

@@ -68,6 +68,27 @@ def test_ls_reads_the_store_directly(store_url: str) -> None:
     assert "local/10.60.0.0/28" in table and "10.60.0.1" in table and "LARGEST FREE" in table
 
 
+def test_ls_summary_and_filters(store_url: str) -> None:
+    store = from_url(store_url)
+    populate(store)
+    populate(store, host="host-b")
+    store.close()
+    common = ("--store", store_url, "--pool", PARENT, "--pool6", "fd60::/48", "--json")
+    summary = json.loads(mini_ipam("ls", *common, "--summary").stdout)
+    assert summary["pools"] == []
+    parent = next(p for p in summary["parents"] if p["parent"] == PARENT)
+    assert parent["blocks_by_size"] == {"/26": 2, "/28": 4} and parent["addresses_by_size"] == {"/28": 4}
+    assert parent["used_addresses"] == 2 * 96 and parent["largest_free"] == "/23"
+    mine = json.loads(mini_ipam("ls", *common, "--owner", "host-b").stdout)["pools"]
+    assert {p["owner"] for p in mine} == {"host-b"} and len(mine) == 3
+    inside = json.loads(mini_ipam("ls", *common, "--parent", "10.60.0.0/26").stdout)["pools"]
+    assert [p["subnet"] for p in inside] == ["10.60.0.0/28", "10.60.0.16/28", "10.60.0.32/28", "10.60.0.48/28"]
+    first = json.loads(mini_ipam("ls", *common, "--limit", "2").stdout)["pools"]
+    assert [p["subnet"] for p in first] == ["10.60.0.0/28", "10.60.0.16/28"]
+    table = mini_ipam("ls", "--store", store_url, "--pool", PARENT, "--summary").stdout
+    assert "LARGEST FREE" in table and "POOL" not in table
+
+
 def test_ls_reads_a_file_store_while_its_driver_runs(tmp_path: Path) -> None:
     url = f"file://{tmp_path}/state.json"
     driver = DriverProcess(tmp_path / "mini.sock", "--store", url, "--pool", PARENT).start()
@@ -139,6 +160,13 @@ def test_healthz_inventory_and_metrics(tmp_path: Path) -> None:
         assert f'mini_ipam_largest_free_prefixlen{{parent="{PARENT}"}} 23.0' in text
         status, inventory = get_json(sock, "/inventory")
         assert status == 200 and inventory["pools"][0]["gateway"] == "10.60.0.1"
+        status, summary = get_json(sock, "/inventory?pools=0")
+        assert status == 200 and summary["pools"] == [] and summary["parents"][0]["addresses_by_size"] == {"/28": 1}
+        status, none = get_json(sock, "/inventory?parent=10.60.2.0/24")
+        assert status == 200 and none["pools"] == []
+        for bad in ("limit=0", "pools=yes", "parent=10.60.0.1/24", "colour=red"):
+            status, refused = get_json(sock, f"/inventory?{bad}")
+            assert status == 400 and "bad query" in refused["Err"], bad
     finally:
         driver.stop()
 
@@ -249,3 +277,43 @@ def test_command_line_errors_are_one_sentence(args: list[str], message: str) -> 
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert "s3cret" not in result.stderr
+
+
+def test_a_listing_that_fails_midway_ends_in_an_error_not_a_short_list() -> None:
+    from mini_ipam.inventory import PoolView, inventory_json
+    from stores import StoreUnavailable
+
+    def pools() -> Any:
+        yield PoolView("local/10.60.0.0/28", "10.60.0.0/28", "local", "host-a", 0.0, None, ())
+        raise StoreUnavailable("redis at unix:///x did not answer within 1s")
+
+    body = json.loads("".join(inventory_json([], pools(), 0.0)))
+    assert [p["subnet"] for p in body["pools"]] == ["10.60.0.0/28"]
+    assert body["error"] == "the listing stopped early: redis at unix:///x did not answer within 1s"
+
+
+def test_ls_and_plan_read_the_running_drivers_map_and_say_when_the_shell_differs(tmp_path: Path) -> None:
+    url = f"file://{tmp_path}/state.json"
+    driver = DriverProcess(tmp_path / "mini.sock", "--store", url, "--pool", PARENT).start()
+    sock = str(driver.socket_path)
+    try:
+        assert call(sock, "IpamDriver.RequestPool", protocol.request_pool(options={"size": "26"}))[0] == 200
+        status, settings = get_json(sock, "/settings")
+        assert status == 200 and settings["store"] == url and settings["pool"] == [PARENT]
+        # The shell names neither store nor parents (as an admin's shell under systemd): the driver's are used.
+        followed = mini_ipam("ls", "--socket", sock, "--json")
+        assert followed.returncode == 0, followed.stderr
+        assert [p["subnet"] for p in json.loads(followed.stdout)["pools"]] == ["10.60.0.0/26"]
+        assert f"using the driver on {sock}'s store {url}" in followed.stderr
+        assert f"using the driver on {sock}'s --pool {PARENT}" in followed.stderr
+        plan = mini_ipam("plan", "--socket", sock, "--size", "26", "--json")
+        assert json.loads(plan.stdout)["fit"] == 15, plan.stderr
+        # An explicit setting wins, and the note says that the driver's differs.
+        other = mini_ipam("ls", "--socket", sock, "--pool", "10.61.0.0/24", "--json")
+        assert other.returncode == 0, other.stderr
+        assert f"the driver on {sock} uses --pool {PARENT}; this uses 10.61.0.0/24 (flag --pool)" in other.stderr
+        assert [p["parent"] for p in json.loads(other.stdout)["parents"]][0] == "10.61.0.0/24"
+    finally:
+        driver.stop()
+    alone = mini_ipam("ls", "--socket", sock, "--store", url, "--pool", PARENT, "--json")
+    assert alone.returncode == 0 and "note:" not in alone.stderr  # no driver there: nothing to follow

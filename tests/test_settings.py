@@ -71,6 +71,9 @@ BAD_VALUES: dict[str, list[tuple[str, str]]] = {
     "grace": [("-1", "from 0 to 365d"), ("10x", "such as 500ms"), ("400d", "to 365d")],
     "size": [("0", "from 1 to 126"), ("127", "from 1 to 126"), ("abc", "prefix length")],
     "count": [("-1", "from 0 up"), ("1.5", "from 0 up"), ("many", "a whole number of subnets")],
+    "parent": [("10.0.0.0/33", "is not a subnet in CIDR form"), ("10.0.0.1/24", "has host bits set")],
+    "owner": [("two words", "without spaces")],
+    "limit": [("0", "from 1"), ("ten", "a whole number of pools")],
 }
 """Setting -> (a value that must be refused, a phrase the refusal must contain)."""
 

@@ -102,7 +102,8 @@ STORE = Setting(
     values.store_url,
     DEFAULT_STORE,
     "where claims are kept: memory://, file:///path.json, redis://host:port/db, rediss://..., "
-    "unix:///path/redis.sock (default: the file store at /var/lib/mini-ipam/state.json)",
+    "unix:///path/redis.sock, redis+sentinel://host1:26379,host2:26379/SERVICE, "
+    "redis+cluster://host1:port,host2:port (default: the file store at /var/lib/mini-ipam/state.json)",
     "URL",
 )
 STORE_TIMEOUT = Setting(
@@ -213,7 +214,19 @@ COUNT = Setting(
     "count", values.whole_number(0, None, "a whole number of subnets"), "", "exit 1 unless K more fit", "K", env=False
 )
 
+PARENT = Setting("parent", values.any_subnet, "", "list only the pools inside this subnet", "CIDR", env=False)
+OWNER = Setting("owner", values.host_id, "", "list only the pools of this host id", "NAME", env=False)
+LIMIT = Setting(
+    "limit",
+    values.whole_number(1, None, "a whole number of pools from 1"),
+    "",
+    "list at most N pools",
+    "N",
+    env=False,
+)
+
 JSON = Switch("json", "print JSON instead of tables")
+SUMMARY = Switch("summary", "show the usage per parent only: on Redis one round trip, however big the map")
 APPLY = Switch("apply", "fix what can be fixed")
 V6 = Switch("v6", "plan IPv6 subnets (default: IPv4)")
 
@@ -238,6 +251,8 @@ examples:
 LS_EXAMPLES = """\
 examples:
   mini-ipam ls                      usage per parent, then every pool
+  mini-ipam ls --summary            usage per parent only (cheap on any map)
+  mini-ipam ls --owner host-a --parent 10.10.0.0/16 --limit 50
   mini-ipam ls --json | jq '.pools[] | select(.owner == "host-a")'
   mini-ipam ls --store redis://redis.example:6379/0 --pool 10.10.0.0/16
   mini-ipam ls --docker unix:///var/run/docker.sock   the network names from that engine
@@ -311,8 +326,8 @@ COMMANDS: dict[str, Command] = {
         "driver on --socket. Each pool shows the name of the Docker network it serves when the engine on --docker "
         "can be asked (without one, no names).",
         LS_EXAMPLES,
-        (SOCKET, *STORE_SETTINGS, *PARENTS, DOCKER, DRIVER, *LOGGING),
-        (JSON,),
+        (SOCKET, *STORE_SETTINGS, *PARENTS, PARENT, OWNER, LIMIT, DOCKER, DRIVER, *LOGGING),
+        (SUMMARY, JSON),
     ),
     "plan": Command(
         "how many more subnets of a size fit",

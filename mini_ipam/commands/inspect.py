@@ -9,60 +9,107 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
-from collections.abc import Sequence
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import stores
 from mini_ipam.allocator import Allocator
 from mini_ipam.commands.common import CommandError, age, open_store, settings_from, table
+from mini_ipam.commands.driver_settings import follow_driver
+from mini_ipam.inventory import PoolFilter, inventory_json, list_pools
 from mini_ipam.network_names import name_of, names_by_pool
 from mini_ipam.operations import Operations
 from mini_ipam.pool_id import SMALLEST, too_small
 from mini_ipam.unix_http import UnixHTTPError, get_json
+from stores import StoreError
 
 
-def _inventory(args: argparse.Namespace) -> dict[str, Any]:
-    """The map as JSON: read from the store, or, for a store that lives in its driver, asked of the driver."""
+def _free_blocks(args: argparse.Namespace) -> dict[str, Any]:
+    """The parents with their free blocks per size, without the pools."""
+    if _in_process(args):
+        return _ask_driver(args.socket, "/inventory?pools=0&free_blocks=1")
+    with _operations(args) as operations:
+        return {"parents": [view.to_json() for view in operations.parent_views(free_blocks=True)]}
+
+
+def _in_process(args: argparse.Namespace) -> bool:
+    """Whether the store lives in its driver (memory://), so that only the driver can say what it holds."""
     try:
-        in_process = stores.traits_of(args.store).in_process
+        return stores.traits_of(args.store).in_process
     except stores.ConfigurationError as exc:
         raise CommandError(str(exc), 2) from None
-    if in_process:
-        return _ask_driver(args.socket)
+
+
+@contextmanager
+def _operations(args: argparse.Namespace) -> Iterator[Operations]:
+    """Operations on the store, opened read-only, with the store's errors told in one sentence."""
     store = open_store(args, read_only=True)
     try:
-        return Operations(Allocator(store, settings_from(args), reader=True)).inventory().to_json()
-    except Exception as exc:  # the store's own errors, told in one sentence
+        yield Operations(Allocator(store, settings_from(args), reader=True))
+    except StoreError as exc:
         raise CommandError(f"cannot read the store: {exc}") from None
     finally:
         store.close()
 
 
-def _ask_driver(socket_path: str) -> dict[str, Any]:
+def _ask_driver(socket_path: str, path: str) -> dict[str, Any]:
     try:
-        status, body = get_json(socket_path, "/inventory")
+        status, body = get_json(socket_path, path)
     except UnixHTTPError as exc:
         raise CommandError(f"a memory:// store lives in its driver, and the driver on {socket_path} {exc}") from None
     if status != 200 or not isinstance(body, dict):
         raise CommandError(f"the driver on {socket_path} answered {status}: {body}")
+    if "error" in body:
+        raise CommandError(f"the driver on {socket_path} could not finish the listing: {body['error']}")
     return body
 
 
-def ls(args: argparse.Namespace) -> int:
-    """Print usage per parent and every pool, with the name of the Docker network it serves where known."""
-    inventory = _inventory(args)
-    names = names_by_pool(args.docker, args.driver or Path(args.socket).stem)
-    for pool in inventory["pools"]:
+def _listing(args: argparse.Namespace) -> Iterator[str]:
+    """What ``ls`` shows, as JSON text in pieces: the pools stream as they are read."""
+    only = PoolFilter(args.parent, args.owner, args.limit)
+    names = {} if args.summary else names_by_pool(args.docker, args.driver or Path(args.socket).stem)
+
+    def name_it(pool: dict[str, Any]) -> None:
         pool["network"] = name_of(pool["pool_id"], names)
+
+    if _in_process(args):
+        query = {"pools": "0" if args.summary else "1"}
+        query |= {k: str(v) for k, v in (("parent", args.parent), ("owner", args.owner), ("limit", args.limit)) if v}
+        inventory = _ask_driver(args.socket, "/inventory?" + urlencode(query))
+        for pool in inventory["pools"]:
+            name_it(pool)
+        yield json.dumps(inventory)
+        return
+    with _operations(args) as operations:
+        parents = operations.parent_views(free_blocks=False)
+        pools = iter(()) if args.summary else list_pools(operations.allocator.store, only, _progress())
+        yield from inventory_json(parents, pools, time.time(), name_it)
+
+
+def ls(args: argparse.Namespace) -> int:
+    """Print usage per parent and the pools (``--summary``: the parents only), each pool with the name of the
+    Docker network it serves where the local engine tells it."""
+    follow_driver(args)
     if args.json:
-        print(json.dumps(inventory, indent=2))
+        for piece in _listing(args):
+            sys.stdout.write(piece)
+        sys.stdout.write("\n")
         return 0
+    inventory = json.loads("".join(_listing(args)))
+    if "error" in inventory:
+        raise CommandError(f"cannot read the store: {inventory['error']}")
     print(table(
         ["PARENT", "USED", "FREE", "LARGEST FREE", "SUBNETS"],
         [[p["parent"], p["used_addresses"], p["free_addresses"], p["largest_free"] or "-",
           sum(p["blocks_by_size"].values())] for p in inventory["parents"]],
     ))  # fmt: skip
+    if args.summary:
+        return 0
     print()
     print(table(
         ["POOL", "NETWORK", "SPACE", "OWNER", "AGE", "GATEWAY", "IN USE", "ADDRESSES"],
@@ -73,13 +120,27 @@ def ls(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress(every: int = 500) -> Callable[[int, int], None] | None:
+    """On a terminal, a count of the pools read so far on stderr (a big map takes a while)."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(done: int, total: int) -> None:
+        if total >= every and (done % every == 0 or done == total):
+            sys.stderr.write(f"\rreading pools: {done} of {total}" + ("\n" if done == total else ""))
+            sys.stderr.flush()
+
+    return show
+
+
 def plan(args: argparse.Namespace) -> int:
     """Print how many more /size fit, and exit 1 when --count of them do not."""
+    follow_driver(args)
     size = args.size
     version = 6 if args.v6 else 4
     if too_small(version, size):
         raise CommandError(f"/{size} is smaller than IPv{version} subnets go (/{SMALLEST[version]})", 2)
-    inventory = _inventory(args)
+    inventory = _free_blocks(args)
     rows = []
     total = 0
     for parent in inventory["parents"]:

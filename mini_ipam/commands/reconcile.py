@@ -11,6 +11,7 @@ import stores
 from mini_ipam.allocator import Allocator
 from mini_ipam.claims import ClaimBook, ClaimRefused, DriverClaims, StoreClaims
 from mini_ipam.commands.common import CommandError, age, open_store, settings_from, table
+from mini_ipam.commands.driver_settings import follow_driver
 from mini_ipam.docker_engine import Engine, EngineError
 from mini_ipam.errors import IpamError
 from mini_ipam.reconciler import Reconciler
@@ -20,6 +21,7 @@ from stores import Store, StoreError
 
 def reconcile(args: argparse.Namespace) -> int:
     """Exit 0 when store and engine agree (or every difference was fixed), 1 otherwise."""
+    follow_driver(args)
     driver = args.driver or Path(args.socket).stem
     try:
         engine = Engine(args.docker)

@@ -38,7 +38,8 @@ def serve(args: argparse.Namespace) -> int:
             log.info("IPv6 parents: %s", ", ".join(map(str, allocator.parents6)))
         except IpamError as exc:
             log.warning("IPv6 parents not known yet: %s", exc)
-    operations = Operations(allocator, presence, store if isinstance(store, stores.Rebuilding) else None)
+    shared = store if isinstance(store, stores.Rebuilding) else None
+    operations = Operations(allocator, presence, shared, store_url=args.store)
     metrics.watch_health(operations.health)  # before create_app's watch_map: see watch_health
     app = create_app(Driver(allocator), operations=operations, metrics=metrics)
     log.info(

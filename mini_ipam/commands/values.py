@@ -107,6 +107,14 @@ def subnet(version: int, longest: int) -> Parser:
     return parse
 
 
+def any_subnet(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """An IPv4 or IPv6 subnet in CIDR form."""
+    try:
+        return ipaddress.ip_network(text.strip())
+    except ValueError as exc:
+        raise Invalid(f"{text!r} is not a subnet in CIDR form ({exc})") from None
+
+
 def choice(options: Sequence[str]) -> Parser:
     """One of ``options``, case-insensitive."""
     allowed = ", ".join(options[:-1]) + f" or {options[-1]}"

@@ -47,7 +47,7 @@ The map's identity
   (counted up by every call that changes the map), "made" (when, server time µs),
   "from" (the id of the map this one replaced, if any), "m:"..host (the generation
   of each host's last change) and, while the map is being rebuilt after a loss,
-  "until" (server time µs). A call (other than the identity operations below and
+  "until" and "cap" (server time µs: see `recovered`). A call (other than the identity operations below and
   "abandon") whose map id is not the map's, or whose generation seen is above the
   map's, or whose own last change is above what the map recorded for its host
   (other hosts' changes since an older copy was restored cannot hide that one),
@@ -58,9 +58,10 @@ The map's identity
 
   While "until" is set the map is *recovering*: new blocks (open_exact,
   open_any) and next addresses in pools the caller does not own (claim_next)
-  are refused with {now, gen, "recovering", until}, until the server time passes
-  "until" or every host in P.."expect" is in P.."restored"; the first call after
-  that clears the recovery. Explicit addresses, releases and restores go on.
+  are refused with {now, gen, "recovering", until}, until every host in P.."expect"
+  is in P.."restored", or the server time passes "until" and no expected host that
+  has not re-asserted still heartbeats (up to "cap"); the first call after that
+  clears the recovery. Explicit addresses, releases and restores go on.
 
 Common arguments
   family   "4" or "6"
@@ -86,6 +87,8 @@ ipaddress writes it)
   P.."cleaned"                 set    while recovering: hosts that dropped the pools they had
                                       released since the copy the map came back from
   P.."alive"                   zset   host -> server time (s) of its last heartbeat
+  P.."parents"                 set    "<family>:<bits>" of every parent whose usage is counted
+  P.."usage:<family>:<bits>"   hash   that parent's counters (see "Usage counters")
   P.."probe"                   string written by "status" to prove the server takes writes
 
 State that breaks the invariants is reported as an error reply starting with
@@ -115,19 +118,39 @@ local function int_text(number)
   return string.format('%.0f', number)
 end
 
--- Set by the dispatch at the bottom, for the operations that depend on them.
+-- Set by the dispatch at the bottom, for the operations that depend on them (KNOWN: the
+-- caller's map id, "*" for a reader).
 local RECOVERING = nil -- the server time (µs, as text) until which the map recovers, or nil
 local CALLER = '' -- the calling host (ARGV[7])
+local KNOWN = '*' -- the map id the caller knows (ARGV[5])
 
--- Whether a recovering map is done: its time is up, or every expected host has re-asserted.
+-- Whether a recovering map is done. When every expected host has re-asserted, it is;
+-- before its time ("until"), it is not. After that time, an expected host that has not
+-- re-asserted yet but still heartbeats (it is re-asserting, only slowly: a loaded host,
+-- a long record) holds the recovery, up to "cap"; one that has gone silent does not, as
+-- it may be gone for good. So the window is the least a recovery waits, never a reason to
+-- hand out the blocks of a live host that is still putting them back.
 local function recovered(P, till, now)
-  if now >= tonumber(till) then
+  local missing = redis.call('SDIFF', P .. 'expect', P .. 'restored')
+  if #missing == 0 and redis.call('SCARD', P .. 'expect') > 0 then
     return true
   end
-  if redis.call('SCARD', P .. 'expect') == 0 then
+  if now < tonumber(till) then
     return false
   end
-  return #redis.call('SDIFF', P .. 'expect', P .. 'restored') == 0
+  local m = redis.call('HMGET', P .. 'map', 'made', 'cap')
+  local made, cap = tonumber(m[1] or '0'), tonumber(m[2] or '0')
+  if now >= cap then
+    return true
+  end
+  local window = tonumber(till) - made
+  for _, host in ipairs(missing) do
+    local beat = redis.call('ZSCORE', P .. 'alive', host)
+    if beat and tonumber(beat) * 1e6 >= now - window - 1e6 then
+      return false
+    end
+  end
+  return true
 end
 
 -- Error reply for broken invariants. Only ever returned before the first write.
@@ -336,6 +359,54 @@ local function pool_keys(P, family, bits, scope)
   return P .. 'pools:' .. cidr, P .. 'addrs:' .. cidr .. ':' .. scope, P .. 'atree:' .. cidr .. ':' .. scope, cidr
 end
 
+-- ---------------------------------------------------------------------------
+-- Usage counters: what /metrics and `ls --summary` read, in constant time
+-- ---------------------------------------------------------------------------
+
+-- The parents whose usage is counted are members "<family>:<bits>" of P.."parents";
+-- each has a hash P.."usage:<family>:<bits>" of
+--   "b"..len   claimed blocks of prefix length len inside the parent
+--   "a"..len   claimed addresses in the pools of those blocks
+--   "around"   claimed blocks that hold the whole parent (a block around it)
+-- They change in the same atomic step as the tree, so they always agree with it;
+-- a map that lost them lost its tree too. A parent is counted from the first
+-- "usage" call that names it (which counts what is there, once).
+
+-- The tracked parents that a block (family, bits) concerns: {parent, inside (true) | around (false)}.
+local function tracked_over(P, family, bits)
+  local found = {}
+  for _, parent in ipairs(redis.call('SMEMBERS', P .. 'parents')) do
+    local parent_family, parent_bits = string.match(parent, '^(%d):([01]*)$')
+    if parent_family == family then
+      if string.sub(bits, 1, #parent_bits) == parent_bits then
+        found[#found + 1] = { parent, true }
+      elseif string.sub(parent_bits, 1, #bits) == bits then
+        found[#found + 1] = { parent, false }
+      end
+    end
+  end
+  return found
+end
+
+-- Count a block claimed (step 1) or freed (step -1).
+local function count_block(P, family, bits, step)
+  for _, hit in ipairs(tracked_over(P, family, bits)) do
+    redis.call('HINCRBY', P .. 'usage:' .. hit[1], hit[2] and ('b' .. #bits) or 'around', step)
+  end
+end
+
+-- Count `step` addresses claimed (or, negative, released) in a pool of the block (family, bits).
+local function count_addresses(P, family, bits, step)
+  if step == 0 then
+    return
+  end
+  for _, hit in ipairs(tracked_over(P, family, bits)) do
+    if hit[2] then
+      redis.call('HINCRBY', P .. 'usage:' .. hit[1], 'a' .. #bits, step)
+    end
+  end
+end
+
 -- Claim a free block and open its first pool. SET NX comes first: a slot key
 -- left behind for a block the tree calls free is refused before any write.
 local function claim_block(P, family, bits, scope, block_json, pool_json)
@@ -345,6 +416,7 @@ local function claim_block(P, family, bits, scope, block_json, pool_json)
   end
   set_claimed(P .. 'tree:' .. family, bits, WIDTH[family])
   redis.call('HSET', pools, scope, pool_json)
+  count_block(P, family, bits, 1)
   return { 'granted', family, bits, block_json, pool_json, 1 }
 end
 
@@ -410,11 +482,13 @@ function ops.close(P, a)
   if last and redis.call('HGET', tree, bits) ~= CLAIMED then
     return corrupt('block ' .. cidr .. ' has a slot key but is not claimed in the tree')
   end
+  count_addresses(P, family, bits, -redis.call('HLEN', addrs))
   redis.call('HDEL', pools, scope)
   redis.call('DEL', addrs, atree)
   if last then
     redis.call('DEL', slot)
     set_free(tree, bits, WIDTH[family])
+    count_block(P, family, bits, -1)
   end
   return { 'closed', pool, block, last and 1 or 0 }
 end
@@ -449,6 +523,7 @@ function ops.claim(P, a)
   end
   set_claimed(atree, rel, WIDTH[family] - #bits)
   redis.call('HSET', addrs, address_text(family, bits .. rel), address_json)
+  count_addresses(P, family, bits, 1)
   return { 'claimed', rel }
 end
 
@@ -504,6 +579,7 @@ function ops.claim_next(P, a)
   end
   set_claimed(atree, found, depth)
   redis.call('HSET', addrs, text, address_json)
+  count_addresses(P, family, bits, 1)
   if serial then
     redis.call('HSET', atree, 'cursor', found)
     redis.call('HSET', pools, scope, pool_head .. ',"cursor":"' .. text .. '"}')
@@ -524,6 +600,7 @@ function ops.release(P, a)
   end
   set_free(atree, rel, WIDTH[family] - #bits)
   redis.call('HDEL', addrs, address_text(family, bits .. rel))
+  count_addresses(P, family, bits, -1)
   return { 'released' }
 end
 
@@ -537,6 +614,74 @@ function ops.addresses(P, a)
   end
   local reply = redis.call('HGETALL', addrs)
   table.insert(reply, 1, 'found')
+  return reply
+end
+
+-- Start counting the usage of a parent (family, bits): count what the map holds there now.
+-- Costs a walk of the family's tree, once per parent (and again only if the map lost it).
+local function track(P, family, bits)
+  local parent = family .. ':' .. bits
+  local counters = P .. 'usage:' .. parent
+  redis.call('DEL', counters)
+  redis.call('SADD', P .. 'parents', parent)
+  local tree = redis.call('HGETALL', P .. 'tree:' .. family)
+  for i = 1, #tree - 1, 2 do
+    local node = tree[i]
+    if tree[i + 1] == CLAIMED then
+      if string.sub(node, 1, #bits) == bits then
+        redis.call('HINCRBY', counters, 'b' .. #node, 1)
+        local pools = P .. 'pools:' .. cidr_text(family, node)
+        local held = 0
+        for _, scope in ipairs(redis.call('HKEYS', pools)) do
+          local _, addrs = pool_keys(P, family, node, scope)
+          held = held + redis.call('HLEN', addrs)
+        end
+        if held > 0 then
+          redis.call('HINCRBY', counters, 'a' .. #node, held)
+        end
+      elseif string.sub(bits, 1, #node) == node then
+        redis.call('HINCRBY', counters, 'around', 1)
+      end
+    end
+  end
+end
+
+-- Arguments: track ("1": start counting a parent not counted yet; "0": report it untracked),
+--            then (family, parent bits) pairs
+-- Reply after the time and generation: {"usage", then per parent: family, bits,
+--      "untracked" | (the prefix length of its largest free block or "-" when full,
+--      the number of counter fields, then field, value, ...)}
+function ops.usage(P, a)
+  local reply = { 'usage' }
+  local may_track = a[1] == '1' and KNOWN ~= '*'
+  for i = 2, #a - 1, 2 do
+    local family, bits = a[i], a[i + 1]
+    reply[#reply + 1] = family
+    reply[#reply + 1] = bits
+    local tracked = redis.call('SISMEMBER', P .. 'parents', family .. ':' .. bits) == 1
+    if not tracked and may_track then
+      track(P, family, bits)
+      tracked = true
+    end
+    if not tracked then
+      reply[#reply + 1] = 'untracked'
+    else
+      local tree, width = P .. 'tree:' .. family, WIDTH[family]
+      local largest = '-'
+      if not claimed_ancestor(tree, bits) then
+        local free = free_len(redis.call('HGET', tree, bits), bits, width)
+        if free <= width then
+          largest = tostring(free)
+        end
+      end
+      reply[#reply + 1] = largest
+      local counters = redis.call('HGETALL', P .. 'usage:' .. family .. ':' .. bits)
+      reply[#reply + 1] = #counters / 2
+      for j = 1, #counters do
+        reply[#reply + 1] = counters[j]
+      end
+    end
+  end
   return reply
 end
 
@@ -562,7 +707,8 @@ end
 -- The map's identity, and rebuilding a lost map
 -- ---------------------------------------------------------------------------
 
--- Arguments: probe ("1": write P.."probe", to prove the server takes writes), alive since (s)
+-- Arguments: probe ("1": write P.."probe", to prove the server takes writes, and count as the
+--            caller's heartbeat in P.."alive"), alive since (s)
 -- Reply after the time and generation: {"map", id or "", gen, made, till or "0", from,
 --      live hosts (space-separated), the generation of the caller's last change,
 --      hosts expected to re-assert, hosts that have, hosts that dropped what they had released
@@ -570,6 +716,11 @@ end
 function ops.status(P, a, _, now)
   if a[1] == '1' then
     redis.call('SET', P .. 'probe', int_text(now), 'PX', 60000)
+    if CALLER ~= '' then
+      -- A member's look at the map is a heartbeat too, and a frequent one: a map being
+      -- rebuilt waits for the members that still beat (see `recovered`).
+      redis.call('ZADD', P .. 'alive', math.floor(now / 1e6), CALLER)
+    end
   end
   local m = redis.call('HMGET', P .. 'map', 'id', 'gen', 'made', 'until', 'from', 'm:' .. CALLER)
   local alive = redis.call('ZRANGEBYSCORE', P .. 'alive', a[2], '+inf')
@@ -607,9 +758,11 @@ function ops.recover(P, a, _, now, seen, host, own)
   local till = '0'
   if window > 0 then
     till = int_text(now + window)
-    redis.call('HSET', map, 'until', till)
+    -- However slow a live host is to re-assert, new blocks wait for it at most this long.
+    local cap = int_text(now + math.max(15 * window, 60e6))
+    redis.call('HSET', map, 'until', till, 'cap', cap)
   else
-    redis.call('HDEL', map, 'until')
+    redis.call('HDEL', map, 'until', 'cap')
   end
   local i = 4
   if a[i] == 'expect' then
@@ -666,6 +819,7 @@ function ops.restore(P, a)
       added = added + 1
     end
   end
+  count_addresses(P, family, bits, added)
   return { 'restored', added }
 end
 
@@ -690,7 +844,7 @@ function ops.restored(P, _, _, now, _, host)
   if till then
     redis.call('SADD', P .. 'restored', host)
     if recovered(P, till, now) then
-      redis.call('HDEL', P .. 'map', 'until')
+      redis.call('HDEL', P .. 'map', 'until', 'cap')
       redis.call('DEL', P .. 'expect', P .. 'restored', P .. 'cleaned')
       till = nil
     end
@@ -783,7 +937,7 @@ local CHANGED = { granted = true, closed = true, claimed = true, released = true
 -- Operations that run whatever the map's identity (they read it, make it, or undo a call).
 local UNCHECKED = { status = true, recover = true, abandon = true }
 -- Operations a reader that knows no map id may run.
-local READS = { pool = true, addresses = true, setting = true }
+local READS = { pool = true, addresses = true, setting = true, usage = true }
 -- Operations refused while the map recovers.
 local GATED = { open_exact = true, open_any = true }
 
@@ -800,6 +954,7 @@ local P, id, known = ARGV[2], ARGV[4], ARGV[5]
 local seen_text, own_text = string.match(ARGV[6], '^(%d+) (%d+)$')
 local seen, own = tonumber(seen_text), tonumber(own_text)
 CALLER = ARGV[7]
+KNOWN = known
 if ARGV[8] ~= '' then
   local done = {}
   for request in string.gmatch(ARGV[8], '%S+') do
@@ -831,12 +986,13 @@ if not UNCHECKED[name] and not (known == '*' and READS[name]) then
 end
 if m[3] then
   if recovered(P, m[3], now) then
-    redis.call('HDEL', map, 'until')
+    redis.call('HDEL', map, 'until', 'cap')
     redis.call('DEL', P .. 'expect', P .. 'restored', P .. 'cleaned')
   else
-    RECOVERING = m[3]
+    -- Past "until", a live host still re-asserting holds it: say "a second from now" then.
+    RECOVERING = now < tonumber(m[3]) and m[3] or int_text(now + 1e6)
     if GATED[name] then
-      return { stamp, gen, mine, 'recovering', m[3] }
+      return { stamp, gen, mine, 'recovering', RECOVERING }
     end
   end
 end

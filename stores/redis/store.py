@@ -22,8 +22,8 @@ from importlib import resources
 from typing import Any
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+from redis.exceptions import RedisClusterException
+from redis.sentinel import MasterNotFoundError
 
 from stores.base import (
     SHARED,
@@ -44,12 +44,13 @@ from stores.base import (
     Network,
     NoFreeSubnet,
     Overlap,
+    ParentUsage,
     PoolInfo,
     StoreError,
     StoreTraits,
     StoreUnavailable,
 )
-from stores.redis import codec, urls
+from stores.redis import codec, connect, urls
 from stores.redis.lease import RedisLease
 from stores.redis.server import ServerWatch
 from stores.redis.urls import DEFAULT_PREFIX, Durability
@@ -180,7 +181,7 @@ class RedisStore:
         self._prefix = prefix
         self._keys = f"{{{prefix}}}:"
         self._anchor = [f"{self._keys}settings"]
-        kwargs = getattr(client.connection_pool, "connection_kwargs", {})
+        kwargs = connect.settings_of(client)
         self._where = where or urls.describe(kwargs)
         self._timeout = timeout if timeout is not None else kwargs.get("socket_timeout")
         self._password = kwargs.get("password")
@@ -208,11 +209,14 @@ class RedisStore:
         member: str = "",
         recovery_window: float = 0.0,
     ) -> RedisStore:
-        """Open the store a ``redis://``, ``rediss://`` or ``unix://`` URL names.
+        """Open the store a ``redis://``, ``rediss://``, ``unix://``, ``redis+sentinel://`` or ``redis+cluster://``
+        URL names (see ``stores.redis.connect``).
 
         ``?prefix=NAME`` (default ``mini-ipam``) selects the map; ``?db=N`` the
         database; ``rediss://`` also takes ``ssl_cert_reqs``, ``ssl_ca_certs``,
-        ``ssl_ca_path``, ``ssl_certfile``, ``ssl_keyfile`` and ``ssl_check_hostname``.
+        ``ssl_ca_path``, ``ssl_certfile``, ``ssl_keyfile`` and ``ssl_check_hostname``
+        (so do ``rediss+sentinel://`` and ``rediss+cluster://``; a Sentinel URL also
+        ``sentinel_username`` and ``sentinel_password``, see ``urls.split_seeds_url``).
         ``timeout`` bounds every connect and every round trip; nothing is retried.
         ``read_only`` refuses every call that would change the map, for listings.
         ``wait_replicas=N``, ``wait_aof=N`` and ``wait_timeout=DURATION`` ask for
@@ -222,24 +226,17 @@ class RedisStore:
         """
         if not timeout > 0:
             raise ConfigurationError(f"the store timeout must be a positive number of seconds, not {timeout!r}")
-        client_url, prefix, durability = urls.split_url(url)
         watch = ServerWatch()
-        client = redis.Redis.from_url(
-            client_url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
-            redis_connect_func=watch.on_connect,
-        )
+        opened = connect.open_url(url, timeout=timeout, watch=watch)
         return cls(
-            client,
-            prefix,
-            where=urls.where(client_url),
+            opened.client,
+            opened.prefix,
+            where=opened.where,
             timeout=timeout,
             read_only=read_only,
             member=member,
             recovery_window=recovery_window,
-            durability=durability,
+            durability=opened.durability,
             watch=watch,
         )
 
@@ -370,6 +367,36 @@ class RedisStore:
             found.extend(codec.pool_info(block, codec.text(scope), pool_json) for scope, pool_json in scopes.items())
         return found
 
+    def usage(self, parents: Sequence[Network]) -> list[ParentUsage] | None:
+        """Each parent's usage from the counters the script keeps beside the tree: one script call.
+
+        A parent not counted yet is counted from now on (the script walks the tree once for
+        it); a read-only store does not start counting, and answers None for such a parent,
+        so that its caller scans instead.
+        """
+        args: list[str | int] = ["0" if self.read_only else "1"]
+        for parent in parents:
+            args += [parent.version, codec.bits(parent)]
+        reply = self._call("usage", *args)
+        found: list[ParentUsage] = []
+        fields = iter(reply[1:])
+        for parent in parents:
+            next(fields), next(fields)  # the family and bits, as asked
+            largest = next(fields)
+            if largest == "untracked":
+                return None
+            counters = {str(name): int(value) for name, value in _pairs(fields, int(next(fields)))}
+            found.append(
+                ParentUsage(
+                    parent=parent,
+                    blocks_by_size=_by_length(counters, "b"),
+                    addresses_by_size=_by_length(counters, "a"),
+                    around=counters.get("around", 0),
+                    largest_free=None if largest == "-" else int(largest),
+                )
+            )
+        return found
+
     def address_claims(self, subnet: Network, scope: str) -> list[AddressClaim]:
         reply = self._call("addresses", subnet.version, codec.bits(subnet), scope)
         codec.known(reply, subnet, scope)
@@ -382,10 +409,11 @@ class RedisStore:
         return sorted(claims, key=lambda claim: int(claim.address))
 
     def ping(self) -> None:
-        """One PING round trip; StoreUnavailable when Redis does not answer in time."""
+        """One PING round trip (on a cluster, to the node serving the map); StoreUnavailable when Redis does not
+        answer in time."""
         self._settle()
         with self._reaching():
-            self._client.ping()
+            connect.node_at(self._client, self._anchor[0]).ping()
 
     def setting(self, name: str) -> str | None:
         reply = self._call("setting", name)
@@ -403,15 +431,14 @@ class RedisStore:
             self._settle()
         finally:
             with self._reaching():
-                self._client.close()
-                self._client.connection_pool.disconnect()
+                connect.disconnect(self._client)
 
     # -- talking to Redis -------------------------------------------------
 
     def _scan(self, kind: str) -> list[str]:
         """The ``<cidr>`` of every ``{P}:<kind>:<cidr>`` key, each once (SCAN may repeat keys)."""
         head = f"{self._keys}{kind}:"
-        names = (codec.text(key) for key in self._client.scan_iter(match=f"{head}*", count=1000))
+        names = (codec.text(key) for key in connect.scan_at(self._client, self._anchor[0], f"{head}*", 1000))
         return list(dict.fromkeys(name[len(head) :] for name in names))
 
     def _change(self, op: str, *args: str | int, identity: MapIdentity | None = _CURRENT) -> list[Any]:
@@ -550,7 +577,7 @@ class RedisStore:
     def _send_durably(self, args: list[Any]) -> tuple[Any, list[Any]]:
         """EVALSHA and, in the same round trip on the same connection, WAIT and/or WAITAOF."""
         for attempt in (1, 2):
-            pipe = self._client.pipeline(transaction=False)
+            pipe = connect.pipeline_at(self._client, self._anchor[0])
             pipe.execute_command("EVALSHA", self._script.sha, 1, *self._anchor, *args)  # type: ignore[no-untyped-call]
             for command in self.durability.commands():
                 pipe.execute_command(*command)  # type: ignore[no-untyped-call]
@@ -617,7 +644,7 @@ class RedisStore:
             return
         with self._reaching():
             try:
-                self._client.execute_command("WAITAOF", 1, 0, 1)  # type: ignore[no-untyped-call]
+                connect.node_at(self._client, self._anchor[0]).execute_command("WAITAOF", 1, 0, 1)  # type: ignore[no-untyped-call]
                 return
             except redis.ResponseError as exc:
                 if "appendonly" in str(exc).lower():
@@ -627,7 +654,7 @@ class RedisStore:
                     ) from None
                 if "unknown command" not in str(exc).lower():
                     raise
-            info = self._client.info("server")
+            info = connect.node_at(self._client, self._anchor[0]).info("server")
         server = "Valkey" if "valkey_version" in info else "Redis"
         version = info.get("valkey_version") or info.get("redis_version")
         raise ConfigurationError(
@@ -758,10 +785,36 @@ class RedisStore:
         except (redis.TimeoutError, TimeoutError) as exc:
             within = f"within {self._timeout}s" if self._timeout is not None else "in time"
             raise StoreUnavailable(f"redis at {self._where} did not answer {within}") from exc
+        except MasterNotFoundError as exc:
+            refused = any(word in str(exc) for word in ("AuthenticationError", "NOAUTH", "WRONGPASS"))
+            why = (
+                "the sentinels refused the credentials: give theirs as ?sentinel_password= (and sentinel_username=)"
+                if refused
+                else "every sentinel is away, or a failover is under way; try again"
+            )
+            raise StoreUnavailable(f"no sentinel of {self._where} names a primary now ({why})") from exc
         except (redis.ConnectionError, OSError) as exc:
             raise StoreUnavailable(f"could not reach redis at {self._where}: {self._scrub(exc)}") from exc
+        except (redis.exceptions.ClusterDownError, redis.exceptions.TryAgainError, RedisClusterException) as exc:
+            raise StoreUnavailable(
+                f"the cluster at {self._where} cannot serve the map's slot now ({self._scrub(exc)}); try again"
+            ) from exc
+        except redis.exceptions.AskError as exc:  # MOVED too
+            if connect.is_cluster(self._client):  # still redirected after following: the slot is on its way
+                raise StoreUnavailable(
+                    f"the cluster at {self._where} is moving the map's slot (to {exc.host}:{exc.port}); try again"
+                ) from exc
+            raise StoreError(
+                f"redis at {self._where} is a Redis Cluster node that does not serve the map's slot "
+                f"(slot {exc.slot_id} is at {exc.host}:{exc.port}): name the cluster, "
+                "redis+cluster://host1:port,host2:port"
+            ) from exc
         except redis.ResponseError as exc:
             message = self._scrub(exc)
+            if "non local key" in message and connect.is_cluster(self._client):
+                raise StoreUnavailable(
+                    f"the cluster at {self._where} is moving the map's slot to another node; try again"
+                ) from exc
             if message.startswith("CORRUPT"):
                 raise CorruptState(f"redis at {self._where}: {message}") from exc
             raise StoreError(f"redis at {self._where} refused the request: {message}{_hint(message)}") from exc
@@ -782,6 +835,19 @@ _HINTS = (
     ("unknown command `evalsha`", "this is no Redis that runs scripts: a Sentinel's port?"),
     ("oom command not allowed", "the server is out of memory (maxmemory): claims cannot be made"),
 )
+
+
+def _pairs(fields: Iterator[Any], count: int) -> Iterator[tuple[Any, Any]]:
+    """The next ``count`` (name, value) pairs of a flat reply."""
+    for _ in range(count):
+        yield next(fields), next(fields)
+
+
+def _by_length(counters: dict[str, int], kind: str) -> dict[int, int]:
+    """The counters ``<kind><prefix length>`` that are not zero, by prefix length."""
+    return {
+        int(name[1:]): value for name, value in counters.items() if name[0] == kind and name[1:].isdigit() and value
+    }
 
 
 def _hint(message: str) -> str:

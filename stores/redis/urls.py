@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from stores.base import ConfigurationError, redact_url
 
@@ -179,3 +179,152 @@ def describe(kwargs: dict[str, Any]) -> str:
     if kwargs.get("path"):
         return f"unix://{kwargs['path']}?db={db}"
     return f"redis://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{db}"
+
+
+# -- Sentinel and Cluster: URLs that name several servers -------------------------------
+
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+_DEFAULT_PORTS = {"sentinel": 26379, "cluster": 6379}
+_SERVICE_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
+_SENTINEL_AUTH = frozenset({"sentinel_username", "sentinel_password"})
+
+
+@dataclass(frozen=True)
+class Seeds:
+    """A checked ``redis+sentinel://`` or ``redis+cluster://`` URL (``rediss+...`` for TLS).
+
+    ``hosts`` are the sentinels (Sentinel) or the seed nodes (Cluster): any one
+    that answers is enough. ``username`` and ``password`` are the data nodes'
+    credentials; a Sentinel's own, when it wants any, are ``sentinel_username``
+    and ``sentinel_password`` (query options). ``tls`` holds the ``ssl_*``
+    options, applied to the data nodes and to the sentinels alike.
+    """
+
+    kind: str  # "sentinel" or "cluster"
+    hosts: tuple[tuple[str, int], ...]
+    service: str = ""
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    sentinel_username: str | None = None
+    sentinel_password: str | None = None
+    ssl: bool = False
+    tls: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def where(self) -> str:
+        """How messages name the deployment: its scheme, hosts, service and database, without credentials."""
+        scheme = ("rediss+" if self.ssl else "redis+") + self.kind
+        hosts = ",".join(f"[{host}]:{port}" if ":" in host else f"{host}:{port}" for host, port in self.hosts)
+        path = f"/{self.service}" + (f"/{self.db}" if self.db else "") if self.kind == "sentinel" else ""
+        return f"{scheme}://{hosts}{path}"
+
+
+def is_seeds_url(url: str) -> bool:
+    """Whether ``url`` names a Sentinel or Cluster deployment."""
+    return urlsplit(url).scheme in SENTINEL_SCHEMES + CLUSTER_SCHEMES
+
+
+def split_seeds_url(url: str) -> tuple[Seeds, str, Durability]:
+    """Check a ``redis+sentinel://`` or ``redis+cluster://`` URL; return what it names, the prefix and the durability.
+
+    ``redis+sentinel://[user:pass@]host1:26379[,host2:26379...]/SERVICE[/DB]`` and
+    ``redis+cluster://[user:pass@]host1:port[,host2:port...]``; both take
+    ``prefix``, ``wait_replicas``, ``wait_aof``, ``wait_timeout``, the Sentinel form
+    ``sentinel_username`` and ``sentinel_password``, the ``rediss+`` forms the ``ssl_*`` options.
+    """
+    shown = redact_url(url)
+    parts = urlsplit(url)
+    kind = "sentinel" if parts.scheme in SENTINEL_SCHEMES else "cluster"
+    if parts.fragment:
+        raise ConfigurationError(f"store URL {shown!r} must not have a #fragment")
+    try:
+        query = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+    except ValueError as exc:
+        raise ConfigurationError(f"malformed store URL {shown!r}: {exc}") from None
+    options: dict[str, str] = {}
+    for name, value in query:
+        if name in options:
+            raise ConfigurationError(f"option {name!r} is given twice in {shown!r}")
+        options[name] = value
+    prefix = options.pop("prefix", DEFAULT_PREFIX)
+    check_prefix(prefix)
+    durability = _durability(options, shown)
+    ssl = parts.scheme.startswith("rediss")
+    allowed = (_SENTINEL_AUTH if kind == "sentinel" else set()) | (_TLS_OPTIONS if ssl else set())
+    for name in options:
+        if name not in allowed:
+            hint = f" (TLS options need rediss+{kind}://)" if name in _TLS_OPTIONS else ""
+            if name == "db":
+                hint = " (name the database in the path: /SERVICE/DB)" if kind == "sentinel" else " (a cluster has one)"
+            raise ConfigurationError(
+                f"unknown option {name!r} in {shown!r}{hint}: {parts.scheme}:// URLs take prefix, wait_replicas, "
+                "wait_aof, wait_timeout" + "".join(f", {option}" for option in sorted(allowed))
+            )
+    check_options("rediss" if ssl else "redis", {k: v for k, v in options.items() if k in _TLS_OPTIONS}, shown)
+    for name in _SENTINEL_AUTH & options.keys():
+        if not options[name]:
+            raise ConfigurationError(f"option {name!r} is empty in {shown!r}")
+    userinfo, at, location = parts.netloc.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon else None
+    hosts = _hosts(location, _DEFAULT_PORTS[kind], shown)
+    service, db = "", 0
+    segments = [segment for segment in parts.path.split("/")][1:] if parts.path else []
+    if kind == "sentinel":
+        if not segments or not segments[0]:
+            raise ConfigurationError(
+                f"{shown!r} must name the service the sentinels watch: redis+sentinel://host:26379/SERVICE[/DB]"
+            )
+        service = unquote(segments[0])
+        if not _SERVICE_RE.fullmatch(service):
+            raise ConfigurationError(f"the service name {service!r} in {shown!r} is not usable")
+        rest = segments[1:]
+        if rest and rest != [""]:
+            if len(rest) > 1 and rest[1:] != [""] or not rest[0].isdigit():
+                raise ConfigurationError(f"the database in {shown!r} must be a number: .../SERVICE/DB")
+            db = int(rest[0])
+    elif [segment for segment in segments if segment] not in ([], ["0"]):
+        raise ConfigurationError(
+            f"{shown!r} names a database or path, and a Redis Cluster has only database 0: "
+            "redis+cluster://host1:port,host2:port"
+        )
+    seeds = Seeds(
+        kind,
+        hosts,
+        service,
+        db,
+        username,
+        password,
+        options.get("sentinel_username"),
+        options.get("sentinel_password"),
+        ssl,
+        tuple((name, value) for name, value in sorted(options.items()) if name in _TLS_OPTIONS),
+    )
+    return seeds, prefix, durability
+
+
+def _hosts(location: str, default_port: int, shown: str) -> tuple[tuple[str, int], ...]:
+    """``host[:port]`` items separated by commas (IPv6 hosts in brackets)."""
+    found: list[tuple[str, int]] = []
+    for item in location.split(","):
+        if item.startswith("["):
+            host, bracket, rest = item[1:].partition("]")
+            if not bracket or (rest and not rest.startswith(":")):
+                raise ConfigurationError(f"malformed host {item!r} in {shown!r}")
+            port_text = rest[1:]
+        else:
+            host, _, port_text = item.partition(":")
+        if not host:
+            raise ConfigurationError(f"{shown!r} has an empty host: give host1:port,host2:port")
+        if port_text and (not port_text.isdigit() or not 0 < int(port_text) < 65536):
+            raise ConfigurationError(f"the port {port_text!r} in {shown!r} is not a port number")
+        address = (host, int(port_text) if port_text else default_port)
+        if address in found:
+            raise ConfigurationError(f"{host}:{address[1]} is named twice in {shown!r}")
+        found.append(address)
+    return tuple(found)

@@ -11,8 +11,14 @@ Nothing here touches an engine or a driver that a user runs on the machine:
 * at session end everything is removed (containers, networks, processes by pid,
   namespaces and the veths in them, sockets, directories), failed tests or not.
 
-Outside CI a machine that cannot run engines (no dockerd, not root) skips the
-tier; with ``CI=true`` that is a failure, so CI can never pass by skipping.
+Every test runs on every engine of ``MINI_IPAM_ENGINES`` (default: 20.10, 26.1.5 and
+28.5.2, see ``engines.ENGINE_VERSIONS``): ``engine_release`` is a session-scoped parameter,
+so one pytest session runs the whole matrix, one engine version after the other, and each
+version gets hosts (and a Redis) of its own. ``scripts/fetch-engine.py`` fetches the newer
+engines (cached).
+
+Outside CI a machine that cannot run engines (no dockerd, not root, an engine that cannot
+be fetched) skips the tier; with ``CI=true`` that is a failure, so CI can never pass by skipping.
 """
 
 from __future__ import annotations
@@ -25,7 +31,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.engines import BusyboxImage, Engine, EngineUnavailable, Host, Lab, scratch_directory
+from tests.e2e.engines import (
+    BusyboxImage,
+    Engine,
+    EngineUnavailable,
+    Host,
+    Lab,
+    Release,
+    engine_versions,
+    fetch_release,
+    scratch_directory,
+)
 from tests.servers import RedisServer, require_binary, unavailable
 
 PREFIX = f"mini-e2e-{os.getpid()}"
@@ -44,6 +60,15 @@ def machine() -> dict[str, str]:
     if os.geteuid() != 0:
         unavailable("the e2e tier starts Docker engines in namespaces: it must run as root")
     return {name: require_binary(name) for name in ("dockerd", "docker", "ip", "nsenter", "unshare", "busybox")}
+
+
+@pytest.fixture(scope="session", params=engine_versions())
+def engine_release(request: pytest.FixtureRequest, machine: dict[str, str]) -> Release:
+    """The engine version under test (one session runs them all); fails in CI when it cannot be fetched."""
+    try:
+        return fetch_release(request.param)
+    except EngineUnavailable as exc:
+        unavailable(str(exc))
 
 
 @pytest.fixture(scope="session")
@@ -77,6 +102,10 @@ def _start_hosts(hosts: list[Host], image: BusyboxImage, lab: Lab | None = None)
     except (EngineUnavailable, OSError, AssertionError) as exc:
         unavailable(f"cannot start a Docker engine here: {exc}")
     for one in hosts:
+        release = one.engine.release
+        running = one.engine.docker("version", "--format", "{{.Server.Version}}", check=True).stdout.strip()
+        assert release is None or running.startswith(release.version), f"wanted engine {release}, got {running}"
+    for one in hosts:
         one.driver.start()
     # Images travel like between real hosts: one import, then save | load.
     image.install(hosts[0].engine)
@@ -85,16 +114,17 @@ def _start_hosts(hosts: list[Host], image: BusyboxImage, lab: Lab | None = None)
 
 
 @pytest.fixture(scope="session")
-def host(e2e_dir: Path, busybox_image: BusyboxImage) -> Iterator[Host]:
+def host(e2e_dir: Path, busybox_image: BusyboxImage, engine_release: Release) -> Iterator[Host]:
     """One engine with the driver as a legacy plugin, on a file:// store (it survives driver restarts)."""
-    directory = e2e_dir / "h1"
-    directory.mkdir()
+    directory = e2e_dir / engine_release.version / "h1"
+    directory.mkdir(parents=True)
     single = Host(
         "h1",
         directory,
         prefix=PREFIX,
         store=f"file://{directory}/state.json",
         driver_args=["--pool", str(PARENT), "--host-id", "h1"],
+        release=engine_release,
     )
     try:
         _start_hosts([single], busybox_image)
@@ -121,10 +151,10 @@ def engine(host: Host) -> Iterator[Engine]:
 
 
 @pytest.fixture(scope="session")
-def redis(e2e_dir: Path) -> Iterator[RedisServer]:
-    """One real redis-server on a Unix socket, shared by every host of the cluster."""
-    directory = e2e_dir / "redis"
-    directory.mkdir()
+def redis(e2e_dir: Path, engine_release: Release) -> Iterator[RedisServer]:
+    """One real redis-server on a Unix socket, shared by every host of the cluster (a new one per engine)."""
+    directory = e2e_dir / engine_release.version / "redis"
+    directory.mkdir(parents=True)
     server = RedisServer(directory)
     try:
         server.start()
@@ -134,13 +164,18 @@ def redis(e2e_dir: Path) -> Iterator[RedisServer]:
 
 
 @pytest.fixture(scope="session")
-def cluster(e2e_dir: Path, busybox_image: BusyboxImage, redis: RedisServer) -> Iterator[list[Host]]:
-    """Three hosts on one LAN (a switch namespace), each with its own driver, all on one Redis."""
+def cluster(
+    e2e_dir: Path, busybox_image: BusyboxImage, redis: RedisServer, engine_release: Release
+) -> Iterator[list[Host]]:
+    """Three hosts on one LAN (a switch namespace), each with its own driver, all on one Redis.
+
+    Ready once the new map is past its recovery window (it refuses new subnets for a moment).
+    """
     lab = Lab(f"{PREFIX}-lan")
     hosts = []
     for name in CLUSTER_HOSTS:
-        directory = e2e_dir / name
-        directory.mkdir()
+        directory = e2e_dir / engine_release.version / name
+        directory.mkdir(parents=True)
         hosts.append(
             Host(
                 name,
@@ -148,11 +183,14 @@ def cluster(e2e_dir: Path, busybox_image: BusyboxImage, redis: RedisServer) -> I
                 prefix=PREFIX,
                 store=redis.url,
                 driver_args=["--pool", str(PARENT), "--host-id", name],
+                release=engine_release,
             )
         )
     try:
         lab.create()
         _start_hosts(hosts, busybox_image, lab)
+        for one in hosts:
+            one.wait_map_settled()
         yield hosts
     finally:
         with ThreadPoolExecutor(len(hosts)) as pool:

@@ -11,6 +11,10 @@ Every engine runs in a network namespace and a mount namespace of its own:
 Drivers run in the root namespaces: Unix sockets live in the filesystem, so an
 engine in another network namespace reaches them all the same.
 
+Which engine runs is a ``Release``: ``scripts/fetch-engine.py`` fetches it (Debian bookworm's
+20.10, or pinned .debs of 26.1.5 and 28.5.2) and its ``bin`` directory goes first on the PATH of
+dockerd and of the docker CLI, so that every engine is driven by its own client.
+
 Nothing here kills anything by name: every process is stopped by the pid this
 module started it with, and stragglers (containerd, shims) are found by the
 engine's own unique directory in their command line.
@@ -27,9 +31,11 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +58,48 @@ _FOREIGN_DOCKER_ENV = ("DOCKER_HOST", "DOCKER_CONTEXT", "DOCKER_TLS_VERIFY", "DO
 
 class EngineUnavailable(RuntimeError):
     """An engine (or what it needs from the machine) could not be started."""
+
+
+RECOVERING = "is new or being rebuilt after a loss"
+"""In the refusal of a new subnet while a shared map is in its recovery window (a new map too)."""
+
+ENGINE_VERSIONS = ("20.10", "26.1.5", "28.5.2")
+"""Every engine the real-engine tiers run on, oldest first: Debian bookworm's, trixie's and forky's."""
+
+FETCH_ENGINE = Path(__file__).resolve().parents[2] / "scripts" / "fetch-engine.py"
+
+
+def engine_versions() -> list[str]:
+    """The engines to test: ``MINI_IPAM_ENGINES`` (comma- or space-separated), else all of ENGINE_VERSIONS."""
+    chosen = os.environ.get("MINI_IPAM_ENGINES", "").replace(",", " ").split()
+    return chosen or list(ENGINE_VERSIONS)
+
+
+@dataclass(frozen=True)
+class Release:
+    """A Docker engine version and the directory of its binaries (dockerd, docker, containerd ...)."""
+
+    version: str
+    bin_dir: Path
+
+    @property
+    def major(self) -> int:
+        """The major version (20, 26, 28)."""
+        return int(self.version.split(".")[0])
+
+    def path(self) -> str:
+        """A PATH with this release's binaries first (runc and the rest come from the machine)."""
+        return f"{self.bin_dir}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
+
+
+def fetch_release(version: str) -> Release:
+    """Fetch ``version`` with scripts/fetch-engine.py (cached); EngineUnavailable when it cannot."""
+    result = subprocess.run(
+        [sys.executable, str(FETCH_ENGINE), version], capture_output=True, text=True, timeout=900, check=False
+    )
+    if result.returncode != 0:
+        raise EngineUnavailable(f"cannot fetch Docker engine {version}: {result.stderr.strip()}")
+    return Release(version, Path(result.stdout.strip()))
 
 
 class DriverFailed(RuntimeError):
@@ -401,8 +449,12 @@ class Engine:
         daemon_config: Mapping[str, Any] | None = None,
         daemon_env: Mapping[str, str] | None = None,
         storage_driver: str = "vfs",
+        release: Release | None = None,
     ) -> None:
         """``daemon_config`` adds keys to the engine's daemon.json, ``daemon_env`` to dockerd's environment.
+
+        ``release``: the engine version to run (its binaries first on PATH); None runs whatever
+        dockerd and docker the PATH has.
 
         ``storage_driver``: vfs works on any file system; overlay2 builds images much faster where
         the kernel and the file system allow it.
@@ -421,8 +473,12 @@ class Engine:
         # dockerd 20.10 would otherwise create its trust key in the shared /etc/docker/key.json.
         config = {"deprecated-key-path": str(directory / "key.json"), **(daemon_config or {})}
         (directory / "daemon.json").write_text(json.dumps(config))
+        self.release = release
         self.daemon_env = dict(daemon_env or {})
         self.env = {k: v for k, v in os.environ.items() if k not in _FOREIGN_DOCKER_ENV}
+        if release is not None:
+            # dockerd finds containerd, its shim and docker-proxy on PATH too; runc is the machine's.
+            self.daemon_env["PATH"] = self.env["PATH"] = release.path()
         self.env["DOCKER_CONFIG"] = str(directory / "cli")  # nor may ~/.docker (contexts, auth)
 
     @property
@@ -641,10 +697,19 @@ class Host:
     private plugin directory, as on real machines that all run ``mini``.
     """
 
-    def __init__(self, name: str, directory: Path, *, prefix: str, store: str, driver_args: Sequence[str]) -> None:
+    def __init__(
+        self,
+        name: str,
+        directory: Path,
+        *,
+        prefix: str,
+        store: str,
+        driver_args: Sequence[str],
+        release: Release | None = None,
+    ) -> None:
         self.name = name
         self.namespace = Namespace(f"{prefix}-{name}")
-        self.engine = Engine(name, directory, self.namespace)
+        self.engine = Engine(name, directory, self.namespace, release=release)
         self.driver = Driver(
             self.engine.plugins / f"{prefix}.sock", store, args=driver_args, log=directory / "driver.log"
         )
@@ -666,6 +731,29 @@ class Host:
     def try_network(self, name: str, *args: str) -> subprocess.CompletedProcess[str]:
         """``docker network create`` with this host's driver, whatever the outcome."""
         return self.engine.docker("network", "create", "--ipam-driver", self.driver.name, *args, name)
+
+    def wait_map_settled(self, timeout: float = 30) -> None:
+        """Wait until the shared map hands out new subnets: create (and remove) a network until it may.
+
+        A map that is new, or rebuilt after a loss, refuses new subnets for a short recovery window
+        (until every host that held claims re-asserted them); only that refusal is waited out, any
+        other failure fails at once.
+        """
+        last: list[str] = []
+
+        def created() -> bool:
+            result = self.try_network("map-settled", "--ipam-opt", "size=30")
+            if result.returncode == 0:
+                self.engine.docker("network", "rm", "map-settled", check=True)
+                return True
+            assert RECOVERING in result.stderr, f"{self.name}: a first network was refused: {result.stderr}"
+            last[:] = [result.stderr]
+            return False
+
+        try:
+            wait_until(created, timeout=timeout, interval=0.2, what=f"the map to settle on {self.name}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; the last refusal: {last[-1] if last else '-'}") from None
 
     def start_container(self, name: str, network: str, *args: str) -> str:
         """A detached container that sleeps on ``network``; ``args`` go to ``docker run``. Fails when refused."""

@@ -1,67 +1,116 @@
-"""The compose rig (compose/): its files are valid, and its check works against real engines.
+"""The compose rig (compose/): its files are valid under compose v1 and v2, and its check works.
 
-Bringing the whole rig up needs images (docker:dind ...) and minutes; that is done by
-hand (compose/README.md). Here, quickly: ``docker-compose config`` accepts the file and
-its overrides, and ``check.py`` itself runs against this tier's own cluster of engines.
+``docker-compose config`` of both compose versions (Debian bookworm's 1.29 and the pinned
+2.40.3 that ``scripts/fetch-engine.py`` fetches) accepts the file and its overrides; the
+output is compared as parsed YAML, because v2 keeps the top-level ``x-*`` blocks and leaves
+out defaults such as ``privileged: false``. ``check.py`` itself runs against this tier's
+cluster of engines; the whole rig is brought up for real in ``test_compose_rig.py``.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
-from tests.e2e.engines import Host, run
-from tests.servers import require_binary
+from tests.e2e.engines import EngineUnavailable, Host, fetch_release, run
+from tests.servers import require_binary, unavailable
 
 pytestmark = pytest.mark.docker
 
 RIG = Path(__file__).resolve().parents[2] / "compose"
 SERVICES = {"redis", "engine1", "driver1", "engine2", "driver2", "check"}
+COMPOSE_VERSIONS = ("1.29", "2.40.3")
+"""Debian bookworm's docker-compose (v1, python) and forky's (v2)."""
 
 
-def compose(*args: str) -> subprocess.CompletedProcess[str]:
+def compose_binary(version: str) -> str:
+    """The ``docker-compose`` of ``version``: bookworm's v1 from PATH, v2 fetched (cached)."""
+    if version.startswith("1."):
+        return require_binary("docker-compose")
+    try:
+        return str(fetch_release(f"compose-{version}").bin_dir / "docker-compose")
+    except EngineUnavailable as exc:
+        unavailable(str(exc))
+
+
+@pytest.fixture(scope="module", params=COMPOSE_VERSIONS)
+def compose_version(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """(version, binary) of each compose version; the binary really is that version."""
+    binary = compose_binary(request.param)
+    shown = run([binary, "version"], check=True).stdout
+    assert request.param in shown, f"{binary} is not docker-compose {request.param}: {shown}"
+    return request.param, binary
+
+
+def compose(binary: str, *args: str) -> subprocess.CompletedProcess[str]:
     """``docker-compose`` on the rig's files, with no engine needed (``config`` reads files only)."""
-    binary = require_binary("docker-compose")
     return run([binary, *args], check=False, cwd=RIG.parent)
 
 
-def test_compose_file_is_valid() -> None:
-    result = compose("-f", "compose/docker-compose.yml", "config")
+def config(binary: str, *args: str) -> dict[str, Any]:
+    """``docker-compose ... config``, parsed; fails the test when compose refuses the files."""
+    result = compose(binary, *args, "config")
     assert result.returncode == 0, result.stderr
-    assert "privileged: true" in result.stdout
-    assert "image: redis:7" in result.stdout and "DIND_IMAGE: docker:dind" in result.stdout
-    assert "PYTHON_IMAGE: python:3.11-slim" in result.stdout
-
-    services = compose("-f", "compose/docker-compose.yml", "config", "--services")
-    assert set(services.stdout.split()) == SERVICES, services.stdout + services.stderr
-    volumes = compose("-f", "compose/docker-compose.yml", "config", "--volumes")
-    assert set(volumes.stdout.split()) == {"plugins1", "plugins2", "api1", "api2"}
+    parsed = yaml.safe_load(result.stdout)
+    assert isinstance(parsed, dict), result.stdout
+    return parsed
 
 
-def test_offline_settings_and_unprivileged_override_apply() -> None:
-    result = compose(
-        "--env-file",
-        "compose/local.env",
-        "-f",
-        "compose/docker-compose.yml",
-        "-f",
-        "compose/unprivileged.yml",
-        "config",
+def build_args(service: dict[str, Any]) -> dict[str, str]:
+    """A service's build args (compose prints them as a mapping)."""
+    args = service.get("build", {}).get("args", {})
+    assert isinstance(args, dict), args
+    return args
+
+
+def test_compose_file_is_valid(compose_version: tuple[str, str]) -> None:
+    _, binary = compose_version
+    parsed = config(binary, "-f", "compose/docker-compose.yml")
+    services = parsed["services"]
+    assert set(services) == SERVICES
+    assert services["engine1"]["privileged"] is True and services["engine2"]["privileged"] is True
+    assert not [name for name in SERVICES - {"engine1", "engine2"} if services[name].get("privileged")]
+    assert services["redis"]["image"] == "redis:7"
+    assert build_args(services["engine1"])["DIND_IMAGE"] == "docker:dind"
+    assert build_args(services["check"])["PYTHON_IMAGE"] == "python:3.11-slim"
+    assert set(parsed["volumes"]) == {"plugins1", "plugins2", "api1", "api2"}
+
+    listed = compose(binary, "-f", "compose/docker-compose.yml", "config", "--services")
+    assert set(listed.stdout.split()) == SERVICES, listed.stdout + listed.stderr
+
+
+def test_offline_settings_and_unprivileged_override_apply(compose_version: tuple[str, str]) -> None:
+    _, binary = compose_version
+    parsed = config(
+        binary, "--env-file", "compose/local.env", "-f", "compose/docker-compose.yml", "-f", "compose/unprivileged.yml"
     )
-    assert result.returncode == 0, result.stderr
-    assert "privileged: true" not in result.stdout
-    assert result.stdout.count("privileged: false") == 2
-    assert "SYS_RESOURCE" not in result.stdout and result.stdout.count("- SYS_ADMIN") == 2
+    services = parsed["services"]
+    # v1 prints `privileged: false`, v2 leaves the default out: neither may say true.
+    assert not [name for name, service in services.items() if service.get("privileged")], services
+    for name in ("engine1", "engine2"):
+        caps = services[name]["cap_add"]
+        assert "SYS_ADMIN" in caps and "NET_ADMIN" in caps and "SYS_RESOURCE" not in caps, (name, caps)
+    assert not [name for name in SERVICES - {"engine1", "engine2"} if services[name].get("cap_add")]
     # Every base image comes from the local base: redis directly, the built ones by build arg
     # (two engines; two drivers and the check, which share the driver image).
-    assert "image: local/mini-rig-base:1" in result.stdout
-    assert len(re.findall(r"DIND_IMAGE: local/mini-rig-base:1", result.stdout)) == 2
-    assert len(re.findall(r"PYTHON_IMAGE: local/mini-rig-base:1", result.stdout)) == 3
+    local = "local/mini-rig-base:1"
+    assert services["redis"]["image"] == local
+    assert {name for name in SERVICES if build_args(services[name]).get("DIND_IMAGE") == local} == {
+        "engine1",
+        "engine2",
+    }
+    assert {name for name in SERVICES if build_args(services[name]).get("PYTHON_IMAGE") == local} == {
+        "driver1",
+        "driver2",
+        "check",
+    }
+    assert build_args(services["check"])["PIP_ARGS"] == "--no-index --find-links /src/compose/.wheels"
 
 
 def test_check_script_passes_on_real_engines(cluster: list[Host], parent: ipaddress.IPv4Network) -> None:

@@ -50,6 +50,10 @@ CLIENTS = 2
 PARENT = ipaddress.ip_network("10.200.0.0/20")
 WINDOW = "2s"  # --recovery-window
 ROUNDS = int(os.environ.get("MINI_IPAM_MAP_LOSS_ROUNDS", "4"))  # per kind of fault
+# Pools one client holds at most (it releases one before asking for more): six clients of /27-/29
+# pools stay well inside the /20, so a round never stalls for want of space.
+HELD_AT_MOST = 20
+LOG_LEVEL = os.environ.get("MINI_IPAM_TEST_LOG_LEVEL", "warning")  # info to follow a round in the drivers' logs
 
 
 def free_port() -> int:
@@ -120,12 +124,14 @@ class Ledger:
         return [ipaddress.ip_network(p.split("/", 1)[1]) for p in self.pools if p not in self.uncertain]  # type: ignore[misc]
 
 
-def client(driver: DriverProcess, ledger: Ledger, seed: int, stop: threading.Event, marks: dict[str, float]) -> None:
+def client(
+    driver: DriverProcess, ledger: Ledger, mine: list[str], seed: int, stop: threading.Event, marks: dict[str, float]
+) -> None:
+    """Ask ``driver`` for pools and addresses and release them, until ``stop``; ``mine``: the pools it holds."""
     rng = random.Random(seed)
-    mine: list[str] = []
     while not stop.is_set():
         choice = rng.random()
-        if mine and choice < 0.12:
+        if mine and (choice < 0.12 or len(mine) >= HELD_AT_MOST):
             pool_id = mine.pop(rng.randrange(len(mine)))
             with ledger.lock:  # from the moment it is sent, the release may land: no longer held for sure
                 ledger.uncertain.add(pool_id)
@@ -175,7 +181,7 @@ def start_drivers(tmp_path: Path, url: str, running: list[DriverProcess]) -> lis
     for i in range(DRIVERS):
         driver = DriverProcess(tmp_path / f"d{i}.sock", "--store", url, "--pool", str(PARENT), "--host-id", f"h{i}",
                                "--store-timeout", "1", "--host-ttl", "3", "--recovery-window", WINDOW,
-                               "--log-level", "warning")  # fmt: skip
+                               "--log-level", LOG_LEVEL)  # fmt: skip
         running.append(driver)
         driver.start(wait=False)
     for driver in running:
@@ -221,8 +227,10 @@ def run_rounds(
     ledger = Ledger()
     stop = threading.Event()
     marks: dict[str, float] = {}
+    # What each client holds outlives its thread: the next round's client goes on releasing it.
+    holdings: dict[tuple[int, int], list[str]] = {(i, n): [] for i in range(len(drivers)) for n in range(CLIENTS)}
     threads = [
-        threading.Thread(target=client, args=(driver, ledger, 100 * i + n, stop, marks))
+        threading.Thread(target=client, args=(driver, ledger, holdings[i, n], 100 * i + n, stop, marks))
         for i, driver in enumerate(drivers)
         for n in range(CLIENTS)
     ]
@@ -252,7 +260,9 @@ def run_rounds(
                 ledger.missing += [f"{label}: {what}" for what in map_holds_everything(url, ledger)]
                 stop.clear()
                 threads = [
-                    threading.Thread(target=client, args=(driver, ledger, 1000 * number + 100 * i + n, stop, marks))
+                    threading.Thread(
+                        target=client, args=(driver, ledger, holdings[i, n], 1000 * number + 100 * i + n, stop, marks)
+                    )
                     for i, driver in enumerate(drivers)
                     for n in range(CLIENTS)
                 ]

@@ -185,7 +185,21 @@ class ClusterSetup(Deployment):
             (new, *_) = self.replicas_of(old)
             new.call("CLUSTER", "FAILOVER")
         self.wait_for_owner(slot, new, timeout)
+        if not kill:
+            self.wait_replicating(old, new, timeout)
         return old, new
+
+    def wait_replicating(self, replica: Node, master: Node, timeout: float = 60) -> None:
+        """Wait until the cluster lists ``replica`` as a replica of ``master`` and its link is up."""
+
+        def replicating() -> bool:
+            try:
+                listed = replica in self.replicas_of(master)
+                return listed and replica.info("replication").get("master_link_status") == "up"
+            except (redis.RedisError, OSError, StopIteration):
+                return False
+
+        wait_until(replicating, timeout=timeout, interval=0.05, what=f"{replica} to replicate {master}")
 
     def bring_back(self, node: Node, timeout: float = 60) -> None:
         """Restart a killed node (same ``nodes.conf``: same identity) and wait until the cluster has it back."""

@@ -169,8 +169,13 @@ class SentinelSetup(Deployment):
         )
 
     def resume_replication(self, replica: Node) -> None:
-        """Let ``replica`` reconnect (it resynchronises from whoever is its primary by then)."""
+        """Let ``replica`` reconnect (it resynchronises from whoever is its primary by then).
+
+        The config file is rewritten too: a sentinel rewrote it with the wrong
+        password when it reconfigured the node, and a restart would read that.
+        """
         replica.call("CONFIG", "SET", "masterauth", _REPLICATION_PASSWORD)
+        replica.call("CONFIG", "REWRITE")
 
     def wait_for_failover(self, old: tuple[str, int], timeout: float = 60) -> Node:
         """Wait until every live sentinel names a primary other than ``old`` and that node is a writable primary.

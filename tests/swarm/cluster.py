@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from stores import Address, Block, Network, Store
-from tests.e2e.engines import IMAGE, SLEEPER, Engine, Lab, Namespace, NetworkInfo, run
+from tests.e2e.engines import IMAGE, SLEEPER, Engine, Lab, Namespace, NetworkInfo, Release, run
 from tests.servers import wait_until
 
 PLUGIN = "mini"
@@ -135,8 +135,8 @@ class PluginBuild:
 
         started = time.monotonic()
         # The interpreter running the tests first on PATH: its pip builds the wheels (Debian's
-        # python3 may have no pip at all).
-        path = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}"
+        # python3 may have no pip at all); then the builder's own engine binaries (its docker CLI).
+        path = f"{Path(sys.executable).parent}:{builder.env.get('PATH', '/usr/bin:/bin')}"
         result = subprocess.run(
             ["bash", str(script), PLUGIN],
             env={**builder.env, "PATH": path, "BASE": BASE_IMAGE, "ENABLE": "0",
@@ -149,7 +149,7 @@ class PluginBuild:
         plugin_id = builder.docker("plugin", "inspect", "--format", "{{.Id}}", PLUGIN, check=True).stdout.strip()
         store = builder.directory / "root" / "plugins"
         assert (store / plugin_id / "config.json").is_file() and (store / plugin_id / "rootfs").is_dir(), (
-            f"plugin {plugin_id} is not where dockerd 20.10 keeps plugins ({store})"
+            f"plugin {plugin_id} is not where dockerd keeps plugins ({store})"
         )
         builder.stop()  # the store must be at rest while it is copied
         started = time.monotonic()
@@ -298,10 +298,12 @@ class Task:
 class Node:
     """A simulated machine: a network namespace on the lab LAN, a dockerd in it, the plugin in that."""
 
-    def __init__(self, name: str, directory: Path, *, prefix: str) -> None:
+    def __init__(self, name: str, directory: Path, *, prefix: str, release: Release | None = None) -> None:
         self.name = name
         self.namespace = Namespace(f"{prefix}-{name}")
-        self.engine = Engine(name, directory, self.namespace, daemon_config=DAEMON_CONFIG, daemon_env=DAEMON_ENV)
+        self.engine = Engine(
+            name, directory, self.namespace, daemon_config=DAEMON_CONFIG, daemon_env=DAEMON_ENV, release=release
+        )
         self.address: ipaddress.IPv4Interface | None = None
         """The node's address on the lab LAN."""
 

@@ -4,13 +4,19 @@
   ``/var/tmp/mini-ipam-swarm`` (``MINI_IPAM_SWARM_CACHE``) under a key made of the recipe
   only; ``MINI_IPAM_DEBIAN_MIRROR`` picks the mirror. ~90 s the first time, then free.
 * ``plugin_build``: ``scripts/build-plugin.sh`` once per session on a builder engine.
-* ``plugin_registry``: ``scripts/build-plugin.sh --push`` once per session to Debian's
-  ``docker-registry`` (as tag ``1``, and tag ``2`` with one file more); every swarm below runs a registry on its own
-  lab LAN over that storage, and each node gets the plugin with ``docker plugin install``.
+* ``plugin_registry``: ``scripts/build-plugin.sh --push`` once per engine version to Debian's
+  ``docker-registry`` (tag ``1``, and a tag ``2`` with one file more for the upgrade test);
+  every swarm below runs a registry on its own lab LAN over that storage, and each node gets
+  the plugin with ``docker plugin install`` (``tests.swarm.registry``).
 * ``two_node_swarm`` (a manager and a worker), ``three_manager_swarm`` and
   ``file_swarm`` (one node, ``file://`` store): per module, torn down after it. The
   function-scoped ``two_nodes``, ``three_managers`` and ``one_node`` empty the swarm
   after each test and fail it when any claim is left in the store.
+
+Every test runs on every engine of ``MINI_IPAM_ENGINES`` (default: 20.10, 26.1.5 and 28.5.2):
+``engine_release`` is a session-scoped parameter, so one pytest session runs the whole matrix,
+one engine version after the other. Each version builds its plugin on a builder engine of the
+same version, and gets swarms (namespaces, directories, Redis) of its own.
 
 Every engine is ours (own namespaces, socket, data root; see ``tests.e2e.engines``), every
 address is in 198.18.0.0/15, and everything is removed at the end, failed tests or not.
@@ -34,7 +40,17 @@ import pytest
 
 import stores
 from stores.file import FileStore
-from tests.e2e.engines import BusyboxImage, Engine, EngineUnavailable, Lab, Namespace, scratch_directory
+from tests.e2e.engines import (
+    BusyboxImage,
+    Engine,
+    EngineUnavailable,
+    Lab,
+    Namespace,
+    Release,
+    engine_versions,
+    fetch_release,
+    scratch_directory,
+)
 from tests.servers import RedisServer, require_binary, unavailable
 from tests.swarm import registry as plugin_registry_
 from tests.swarm.cluster import (
@@ -96,6 +112,20 @@ def swarm_machine() -> dict[str, str]:
     return {name: require_binary(name) for name in tools}
 
 
+@pytest.fixture(scope="session", params=engine_versions())
+def engine_release(request: pytest.FixtureRequest, swarm_machine: dict[str, str]) -> Release:
+    """The engine version under test (one session runs them all); fails in CI when it cannot be fetched."""
+    try:
+        return fetch_release(request.param)
+    except EngineUnavailable as exc:
+        unavailable(str(exc))
+
+
+def _tag(release: Release) -> str:
+    """A short name part for one engine version's namespaces (``20``, ``26``, ``28``)."""
+    return str(release.major)
+
+
 @pytest.fixture(scope="session")
 def swarm_dir(swarm_machine: dict[str, str]) -> Iterator[Path]:
     """A short temp directory for the whole tier (``MINI_E2E_KEEP=1`` keeps it for a post-mortem)."""
@@ -114,13 +144,23 @@ def base_tarball(swarm_machine: dict[str, str]) -> Path:
 
 
 @pytest.fixture(scope="session")
-def plugin_build(swarm_dir: Path, base_tarball: Path) -> PluginBuild:
-    """The managed plugin, built once with scripts/build-plugin.sh on a throw-away engine."""
-    build = PluginBuild(swarm_dir / "plugin")
-    namespace = Namespace(f"{PREFIX}-builder")
+def plugin_build(swarm_dir: Path, base_tarball: Path, engine_release: Release) -> PluginBuild:
+    """The managed plugin, built once per engine version with scripts/build-plugin.sh on a throw-away engine.
+
+    On an engine of the version under test: each version keeps its plugin store in its own way.
+    """
+    version = engine_release.version
+    build = PluginBuild(swarm_dir / version / "plugin")
+    namespace = Namespace(f"{PREFIX}-{_tag(engine_release)}-builder")
     # overlay2 where the kernel has it: the image build copies the 130 MB base per layer on vfs.
     overlay = "overlay" in Path("/proc/filesystems").read_text().split()
-    builder = Engine("builder", swarm_dir / "builder", namespace, storage_driver="overlay2" if overlay else "vfs")
+    builder = Engine(
+        "builder",
+        swarm_dir / version / "builder",
+        namespace,
+        storage_driver="overlay2" if overlay else "vfs",
+        release=engine_release,
+    )
     try:
         try:
             namespace.create()
@@ -128,33 +168,44 @@ def plugin_build(swarm_dir: Path, base_tarball: Path) -> PluginBuild:
             builder.wait_ready()
         except (EngineUnavailable, OSError, AssertionError) as exc:
             unavailable(f"cannot start a Docker engine here: {exc}")
-        with timed("build the plugin (import base, build-plugin.sh, keep its store)"):
+        with timed(f"{version}: build the plugin (import base, build-plugin.sh, keep its store)"):
             build.build(builder, base_tarball, ROOT / "scripts" / "build-plugin.sh")
     finally:
         builder.destroy()
         namespace.delete()
-        shutil.rmtree(swarm_dir / "builder", ignore_errors=True)
+        shutil.rmtree(swarm_dir / version / "builder", ignore_errors=True)
     for step, seconds in build.timings.items():
-        TIMINGS[f"  {step}"] = seconds
+        TIMINGS[f"  {version}: {step}"] = seconds
     return build
 
 
 @pytest.fixture(scope="session")
-def plugin_registry(swarm_machine: dict[str, str], swarm_dir: Path, base_tarball: Path) -> Path:
-    """The plugin built once and pushed to a local registry, under every tag of ``registry.TAGS``.
+def plugin_registry(
+    swarm_machine: dict[str, str], swarm_dir: Path, base_tarball: Path, engine_release: Release
+) -> Path:
+    """The plugin built once per engine version and pushed to a local registry, under every tag of ``registry.TAGS``.
 
     Returns the registry's storage: each swarm serves it on its own LAN (``_lab_registry``).
-    The builder is an engine of ours on a LAN of its own with the registry.
+    The builder is an engine of the version under test, on a LAN of its own with the registry.
     """
     binary = require_binary("docker-registry")
-    directory = swarm_dir / "registry"
+    version = engine_release.version
+    directory = swarm_dir / version / "registry"
     storage = directory / "storage"
-    lab = Lab(f"{PREFIX}-push-lan")
-    registry = Registry(binary, directory / "push", storage, Namespace(f"{PREFIX}-push-reg"))
-    namespace = Namespace(f"{PREFIX}-pusher")
+    tag = f"{PREFIX}-{_tag(engine_release)}"
+    lab = Lab(f"{tag}-push-lan")
+    registry = Registry(binary, directory / "push", storage, Namespace(f"{tag}-push-reg"))
+    namespace = Namespace(f"{tag}-pusher")
     overlay = "overlay" in Path("/proc/filesystems").read_text().split()
-    builder = Engine("pusher", directory / "pusher", namespace, storage_driver="overlay2" if overlay else "vfs")
+    builder = Engine(
+        "pusher",
+        directory / "pusher",
+        namespace,
+        storage_driver="overlay2" if overlay else "vfs",
+        release=engine_release,
+    )
     plugin_registry_.trust(builder)
+    timings: dict[str, float] = {}
     try:
         try:
             lab.create()
@@ -165,10 +216,10 @@ def plugin_registry(swarm_machine: dict[str, str], swarm_dir: Path, base_tarball
             builder.wait_ready()
         except (EngineUnavailable, OSError, AssertionError) as exc:
             unavailable(f"cannot start a Docker engine and a registry here: {exc}")
-        with timed("push the plugin to a local registry (import base, build-plugin.sh --push)"):
+        with timed(f"{version}: push the plugin to a local registry (import base, build-plugin.sh --push)"):
             builder.docker("import", str(base_tarball), BASE_IMAGE, check=True, timeout=300)
-            pushed = plugin_registry_.push_plugin(builder, BASE_IMAGE, ROOT / "scripts" / "build-plugin.sh")
-        with timed("push a second release of it (one file more)"):
+            timings = plugin_registry_.push_plugin(builder, BASE_IMAGE, ROOT / "scripts" / "build-plugin.sh")
+        with timed(f"{version}: push a second release of it (one file more)"):
             first, second = plugin_registry_.TAGS
             plugin_registry_.push_changed_tag(
                 builder, plugin_registry_.reference(first), second, ROOT / "packaging" / "plugin" / "config.json",
@@ -182,8 +233,8 @@ def plugin_registry(swarm_machine: dict[str, str], swarm_dir: Path, base_tarball
         finally:
             lab.delete()
             shutil.rmtree(directory / "pusher", ignore_errors=True)
-    for step, seconds in pushed.items():
-        TIMINGS[f"  {step}"] = seconds
+    for step, seconds in timings.items():
+        TIMINGS[f"  {version}: {step}"] = seconds
     return storage
 
 
@@ -195,11 +246,9 @@ def _lab_registry(storage: Path, directory: Path, prefix: str) -> Registry:
 
 def _install_from_registry(node: Node, *, store: str, state: Path) -> None:
     """``docker plugin install`` the first tag, its settings on the line (as ``Node.enable_plugin`` sets them)."""
-    # The nodes of a Redis swarm mount one directory (it holds the Redis socket): each keeps its own record there.
     settings = {
         "state.source": str(state), "MINI_IPAM_STORE": store, "MINI_IPAM_HOST_ID": node.name,
         "MINI_IPAM_POOL": str(PARENT), "MINI_IPAM_LOG_LEVEL": "debug",
-        "MINI_IPAM_LOCAL_RECORD": f"{STATE_MOUNT}/record-{node.name}.json",
     }  # fmt: skip
     plugin_registry_.install(node.engine, PLUGIN, plugin_registry_.reference(plugin_registry_.TAGS[0]), settings)
 
@@ -270,26 +319,35 @@ def _empty_after_test(cluster: Cluster) -> None:
 _pairs = itertools.count(1)
 
 REDIS_STORE = f"unix://{STATE_MOUNT}/redis.sock"
-"""The plugins' store: the Redis socket, which sits in the directory they mount as ``state``."""
+"""The plugins' store: the Redis socket, linked into the directory each mounts as ``state``."""
 
 
 @contextmanager
 def _redis_cluster(
-    directory: Path, names: Sequence[str], tag: str, plugin: Path, image: BusyboxImage
+    directory: Path, names: Sequence[str], tag: str, plugin: Path, image: BusyboxImage, release: Release
 ) -> Iterator[Cluster]:
-    """Nodes on one LAN whose plugins share one real Redis, up and ready for ``swarm init``."""
+    """Nodes on one LAN whose plugins share one real Redis, up and ready for ``swarm init``.
+
+    Each plugin's ``state`` mount is a directory of its node's own: the plugin keeps its local
+    record (``/var/lib/mini-ipam/record.json``) there, and two plugins cannot share one (the
+    second would not start). The Redis socket is hard-linked into each: a Unix socket is
+    reached by its inode, so every link leads to the one server.
+    """
     (directory / "redis").mkdir(parents=True)
     redis = RedisServer(directory / "redis")
     redis.start()
+    for name in names:
+        (directory / f"state-{name}").mkdir()
+        os.link(redis.socket, directory / f"state-{name}" / REDIS_STORE.rsplit("/", 1)[1])
     store = stores.from_url(redis.url)
     cluster = Cluster(
-        [Node(name, directory / name, prefix=f"{PREFIX}-{tag}") for name in names],
+        [Node(name, directory / name, prefix=f"{PREFIX}-{tag}", release=release) for name in names],
         read_map=lambda: AddressMap.read(store),
         lab=Lab(f"{PREFIX}-{tag}-lan"),
     )
     registry = _lab_registry(plugin, directory / "registry", f"{PREFIX}-{tag}")
     try:
-        _bring_up(cluster, registry, image, store=REDIS_STORE, state=lambda _: redis.directory)
+        _bring_up(cluster, registry, image, store=REDIS_STORE, state=lambda node: directory / f"state-{node.name}")
         yield cluster
     finally:
         try:
@@ -302,18 +360,24 @@ def _redis_cluster(
 
 @pytest.fixture(scope="module")
 def two_node_swarm(
-    request: pytest.FixtureRequest, swarm_dir: Path, plugin_registry: Path, swarm_image: BusyboxImage
+    request: pytest.FixtureRequest,
+    swarm_dir: Path,
+    plugin_registry: Path,
+    swarm_image: BusyboxImage,
+    engine_release: Release,
 ) -> Iterator[Cluster]:
     """A manager (``m1``) and a worker (``w1``), their plugins on one real Redis; a new pair per module."""
     module = request.module.__name__.rsplit(".", 1)[-1]
-    tag = f"p{next(_pairs)}"
+    version = engine_release.version
+    tag = f"{_tag(engine_release)}-p{next(_pairs)}"
     started = time.monotonic()
-    with _redis_cluster(swarm_dir / f"pair-{module}", ("m1", "w1"), tag, plugin_registry, swarm_image) as cluster:
+    directory = swarm_dir / version / f"pair-{module}"
+    with _redis_cluster(directory, ("m1", "w1"), tag, plugin_registry, swarm_image, engine_release) as cluster:
         manager, worker = cluster.nodes
         cluster.init(manager)
         cluster.join(worker, manager)
         cluster.wait_ready(manager, ["m1", "w1"])
-        TIMINGS[f"two-node swarm for {module}: engines, plugin, image, swarm"] = time.monotonic() - started
+        TIMINGS[f"{version}: two-node swarm for {module}: engines, plugin, image, swarm"] = time.monotonic() - started
         yield cluster
 
 
@@ -325,16 +389,22 @@ def two_nodes(two_node_swarm: Cluster) -> Iterator[Cluster]:
 
 
 @pytest.fixture(scope="module")
-def three_manager_swarm(swarm_dir: Path, plugin_registry: Path, swarm_image: BusyboxImage) -> Iterator[Cluster]:
+def three_manager_swarm(
+    swarm_dir: Path, plugin_registry: Path, swarm_image: BusyboxImage, engine_release: Release
+) -> Iterator[Cluster]:
     """Three managers (``m1`` leads first), their plugins on one real Redis."""
     started = time.monotonic()
-    with _redis_cluster(swarm_dir / "trio", ("m1", "m2", "m3"), "t", plugin_registry, swarm_image) as cluster:
+    version = engine_release.version
+    tag = f"{_tag(engine_release)}-t"
+    with _redis_cluster(
+        swarm_dir / version / "trio", ("m1", "m2", "m3"), tag, plugin_registry, swarm_image, engine_release
+    ) as cluster:
         first, *others = cluster.nodes
         cluster.init(first)
         for node in others:
             cluster.join(node, first, manager=True)
         cluster.wait_ready(first, ["m1", "m2", "m3"])
-        TIMINGS["three-manager swarm: engines, plugin, image, swarm"] = time.monotonic() - started
+        TIMINGS[f"{version}: three-manager swarm: engines, plugin, image, swarm"] = time.monotonic() - started
         yield cluster
 
 
@@ -351,13 +421,18 @@ FILE_STORE = f"file://{STATE_MOUNT}/state.json"
 
 @pytest.fixture(scope="module")
 def file_swarm(
-    request: pytest.FixtureRequest, swarm_dir: Path, plugin_registry: Path, swarm_image: BusyboxImage
+    request: pytest.FixtureRequest,
+    swarm_dir: Path,
+    plugin_registry: Path,
+    swarm_image: BusyboxImage,
+    engine_release: Release,
 ) -> Iterator[Cluster]:
     """A one-node swarm whose plugin keeps its claims in a state file (``file://``, no Redis); one per module.
 
     The state file is read with ``FileStore(path, read_only=True)`` while the plugin runs.
     """
-    directory = swarm_dir / f"single-{request.module.__name__.rsplit('.', 1)[-1]}"
+    version = engine_release.version
+    directory = swarm_dir / version / f"single-{request.module.__name__.rsplit('.', 1)[-1]}"
     state = directory / "state"
     state.mkdir(parents=True)
 
@@ -368,11 +443,12 @@ def file_swarm(
         finally:
             store.close()
 
-    node = Node("s1", directory / "s1", prefix=f"{PREFIX}-f")
-    cluster = Cluster([node], read_map=read_map, lab=Lab(f"{PREFIX}-f-lan"))
-    registry = _lab_registry(plugin_registry, directory / "registry", f"{PREFIX}-f")
+    tag = f"{PREFIX}-{_tag(engine_release)}-f"
+    node = Node("s1", directory / "s1", prefix=tag, release=engine_release)
+    cluster = Cluster([node], read_map=read_map, lab=Lab(f"{tag}-lan"))
+    registry = _lab_registry(plugin_registry, directory / "registry", tag)
     try:
-        with timed("one-node file:// swarm: engine, plugin, image, swarm"):
+        with timed(f"{version}: one-node file:// swarm: engine, plugin, image, swarm"):
             _bring_up(cluster, registry, swarm_image, store=FILE_STORE, state=lambda _: state)
             cluster.init(node)
             cluster.wait_ready(node, ["s1"])
