@@ -4,6 +4,10 @@
   ``/var/tmp/mini-ipam-swarm`` (``MINI_IPAM_SWARM_CACHE``) under a key made of the recipe
   only; ``MINI_IPAM_DEBIAN_MIRROR`` picks the mirror. ~90 s the first time, then free.
 * ``plugin_build``: ``scripts/build-plugin.sh`` once per session on a builder engine.
+* ``plugin_registry``: ``scripts/build-plugin.sh --push`` once per engine version to Debian's
+  ``docker-registry`` (tag ``1``, and a tag ``2`` with one file more for the upgrade test);
+  every swarm below runs a registry on its own lab LAN over that storage, and each node gets
+  the plugin with ``docker plugin install`` (``tests.swarm.registry``).
 * ``two_node_swarm`` (a manager and a worker), ``three_manager_swarm`` and
   ``file_swarm`` (one node, ``file://`` store): per module, torn down after it. The
   function-scoped ``two_nodes``, ``three_managers`` and ``one_node`` empty the swarm
@@ -52,8 +56,12 @@ from tests.e2e.engines import (
     scratch_directory,
 )
 from tests.servers import RedisServer, require_binary, unavailable, wait_until
+from tests.swarm import registry as plugin_registry_
 from tests.swarm.cluster import (
+    BASE_IMAGE,
     DEFAULT_MIRROR,
+    PARENT,
+    PLUGIN,
     STATE_MOUNT,
     AddressMap,
     Cluster,
@@ -62,6 +70,7 @@ from tests.swarm.cluster import (
     debootstrap_base,
     settle,
 )
+from tests.swarm.registry import Registry
 
 PREFIX = f"mini-swarm-{os.getpid()}"
 """Names this run's namespaces: ``mini-swarm-<pid>-<cluster>-<node>``."""
@@ -184,6 +193,84 @@ def plugin_build(swarm_dir: Path, base_tarball: Path, engine_release: Release) -
 
 
 @pytest.fixture(scope="session")
+def plugin_registry(
+    swarm_machine: dict[str, str], swarm_dir: Path, base_tarball: Path, engine_release: Release
+) -> Path:
+    """The plugin built once per engine version and pushed to a local registry, under every tag of ``registry.TAGS``.
+
+    Returns the registry's storage: each swarm serves it on its own LAN (``_lab_registry``).
+    The builder is an engine of the version under test, on a LAN of its own with the registry.
+    """
+    binary = require_binary("docker-registry")
+    version = engine_release.version
+    directory = swarm_dir / version / "registry"
+    storage = directory / "storage"
+    tag = f"{PREFIX}-{_tag(engine_release)}"
+    lab = Lab(f"{tag}-push-lan")
+    registry = Registry(binary, directory / "push", storage, Namespace(f"{tag}-push-reg"))
+    namespace = Namespace(f"{tag}-pusher")
+    overlay = "overlay" in Path("/proc/filesystems").read_text().split()
+    builder = Engine(
+        "pusher",
+        directory / "pusher",
+        namespace,
+        storage_driver="overlay2" if overlay else "vfs",
+        release=engine_release,
+    )
+    plugin_registry_.trust(builder)
+    timings: dict[str, float] = {}
+    try:
+        try:
+            lab.create()
+            registry.start(lab)
+            namespace.create()
+            lab.attach(namespace)
+            builder.start()
+            builder.wait_ready()
+        except (EngineUnavailable, OSError, AssertionError) as exc:
+            unavailable(f"cannot start a Docker engine and a registry here: {exc}")
+        with timed(f"{version}: push the plugin to a local registry (import base, build-plugin.sh --push)"):
+            builder.docker("import", str(base_tarball), BASE_IMAGE, check=True, timeout=300)
+            timings = plugin_registry_.push_plugin(builder, BASE_IMAGE, ROOT / "scripts" / "build-plugin.sh")
+        with timed(f"{version}: push a second release of it (one file more)"):
+            first, second = plugin_registry_.TAGS
+            plugin_registry_.push_changed_tag(
+                builder, plugin_registry_.reference(first), second, ROOT / "packaging" / "plugin" / "config.json",
+                directory / "pusher" / "second",
+            )  # fmt: skip
+    finally:
+        try:
+            builder.destroy()
+            namespace.delete()
+            registry.stop()
+        finally:
+            lab.delete()
+            shutil.rmtree(directory / "pusher", ignore_errors=True)
+    for step, seconds in timings.items():
+        TIMINGS[f"  {version}: {step}"] = seconds
+    return storage
+
+
+def _lab_registry(storage: Path, directory: Path, prefix: str) -> Registry:
+    """A registry for one swarm's LAN, serving what ``plugin_registry`` pushed."""
+    binary = shutil.which("docker-registry") or "docker-registry"  # plugin_registry required it already
+    return Registry(binary, directory, storage, Namespace(f"{prefix}-reg"))
+
+
+def _install_from_registry(node: Node, *, store: str, state: Path) -> None:
+    """``docker plugin install`` the first tag, its settings on the line (as ``Node.enable_plugin`` sets them)."""
+    settings = {
+        "state.source": str(state), "MINI_IPAM_STORE": store, "MINI_IPAM_HOST_ID": node.name,
+        "MINI_IPAM_POOL": str(PARENT), "MINI_IPAM_LOG_LEVEL": "debug",
+    }  # fmt: skip
+    plugin_registry_.install(node.engine, PLUGIN, plugin_registry_.reference(plugin_registry_.TAGS[0]), settings)
+
+
+def _enable(node: Node) -> None:
+    node.docker("plugin", "enable", PLUGIN, check=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
 def swarm_image(swarm_machine: dict[str, str], swarm_dir: Path) -> BusyboxImage:
     """The tasks' image (busybox), made once and loaded on every node."""
     return BusyboxImage(swarm_machine["busybox"], swarm_dir / "image")
@@ -193,26 +280,28 @@ def swarm_image(swarm_machine: dict[str, str], swarm_dir: Path) -> BusyboxImage:
 
 
 def _bring_up(
-    cluster: Cluster, plugin: PluginBuild, image: BusyboxImage, *, store: str, state: Callable[[Node], Path]
+    cluster: Cluster, registry: Registry, image: BusyboxImage, *, store: str, state: Callable[[Node], Path]
 ) -> None:
-    """Install the plugin, start the engines, configure and enable the plugin, load the image.
+    """Start the LAN's registry and the engines, install the plugin from the registry on each, load the image.
 
-    Only an engine that cannot start skips (fails in CI); everything after that is the
-    plugin's or the swarm's business and errors the tests.
+    Only an engine (or the registry) that cannot start skips (fails in CI); everything after
+    that is the plugin's or the swarm's business and errors the tests.
     """
     assert cluster.lab is not None
-    with ThreadPoolExecutor(len(cluster.nodes)) as pool:
-        list(pool.map(lambda node: plugin.install(node.engine), cluster.nodes))
     try:
         cluster.lab.create()
+        registry.start(cluster.lab)  # first on the LAN: it is registry.HOST on every swarm's LAN
         for node in cluster.nodes:
+            plugin_registry_.trust(node.engine)
             node.start(cluster.lab)
         for node in cluster.nodes:
             node.engine.wait_ready()
     except (EngineUnavailable, OSError, AssertionError) as exc:
-        unavailable(f"cannot start a Docker engine here: {exc}")
+        unavailable(f"cannot start a Docker engine and a registry here: {exc}")
     with ThreadPoolExecutor(len(cluster.nodes)) as pool:
-        list(pool.map(lambda node: node.enable_plugin(store=store, state=state(node)), cluster.nodes))
+        list(pool.map(lambda node: _install_from_registry(node, store=store, state=state(node)), cluster.nodes))
+    with ThreadPoolExecutor(len(cluster.nodes)) as pool:
+        list(pool.map(_enable, cluster.nodes))
     image.install(cluster.nodes[0].engine)
     with ThreadPoolExecutor(len(cluster.nodes)) as pool:
         list(pool.map(image.install, [node.engine for node in cluster.nodes[1:]]))
@@ -272,7 +361,7 @@ REDIS_STORE = f"unix://{STATE_MOUNT}/redis.sock"
 
 @contextmanager
 def _redis_cluster(
-    directory: Path, names: Sequence[str], tag: str, plugin: PluginBuild, image: BusyboxImage, release: Release
+    directory: Path, names: Sequence[str], tag: str, plugin: Path, image: BusyboxImage, release: Release
 ) -> Iterator[Cluster]:
     """Nodes on one LAN whose plugins share one real Redis, up and ready for ``swarm init``.
 
@@ -295,14 +384,16 @@ def _redis_cluster(
         read_map=lambda: AddressMap.read(store),
         lab=Lab(f"{PREFIX}-{tag}-lan"),
     )
+    registry = _lab_registry(plugin, directory / "registry", f"{PREFIX}-{tag}")
     try:
-        _bring_up(cluster, plugin, image, store=REDIS_STORE, state=lambda node: directory / f"state-{node.name}")
+        _bring_up(cluster, registry, image, store=REDIS_STORE, state=lambda node: directory / f"state-{node.name}")
         _wait_map_settled(cluster.nodes[0])
         yield cluster
     finally:
         try:
             cluster.destroy()
         finally:
+            registry.stop()
             store.close()
             redis.stop()
 
@@ -311,7 +402,7 @@ def _redis_cluster(
 def two_node_swarm(
     request: pytest.FixtureRequest,
     swarm_dir: Path,
-    plugin_build: PluginBuild,
+    plugin_registry: Path,
     swarm_image: BusyboxImage,
     engine_release: Release,
 ) -> Iterator[Cluster]:
@@ -321,7 +412,7 @@ def two_node_swarm(
     tag = f"{_tag(engine_release)}-p{next(_pairs)}"
     started = time.monotonic()
     directory = swarm_dir / version / f"pair-{module}"
-    with _redis_cluster(directory, ("m1", "w1"), tag, plugin_build, swarm_image, engine_release) as cluster:
+    with _redis_cluster(directory, ("m1", "w1"), tag, plugin_registry, swarm_image, engine_release) as cluster:
         manager, worker = cluster.nodes
         cluster.init(manager)
         cluster.join(worker, manager)
@@ -339,14 +430,14 @@ def two_nodes(two_node_swarm: Cluster) -> Iterator[Cluster]:
 
 @pytest.fixture(scope="module")
 def three_manager_swarm(
-    swarm_dir: Path, plugin_build: PluginBuild, swarm_image: BusyboxImage, engine_release: Release
+    swarm_dir: Path, plugin_registry: Path, swarm_image: BusyboxImage, engine_release: Release
 ) -> Iterator[Cluster]:
     """Three managers (``m1`` leads first), their plugins on one real Redis."""
     started = time.monotonic()
     version = engine_release.version
     tag = f"{_tag(engine_release)}-t"
     with _redis_cluster(
-        swarm_dir / version / "trio", ("m1", "m2", "m3"), tag, plugin_build, swarm_image, engine_release
+        swarm_dir / version / "trio", ("m1", "m2", "m3"), tag, plugin_registry, swarm_image, engine_release
     ) as cluster:
         first, *others = cluster.nodes
         cluster.init(first)
@@ -370,14 +461,18 @@ FILE_STORE = f"file://{STATE_MOUNT}/state.json"
 
 @pytest.fixture(scope="module")
 def file_swarm(
-    swarm_dir: Path, plugin_build: PluginBuild, swarm_image: BusyboxImage, engine_release: Release
+    request: pytest.FixtureRequest,
+    swarm_dir: Path,
+    plugin_registry: Path,
+    swarm_image: BusyboxImage,
+    engine_release: Release,
 ) -> Iterator[Cluster]:
-    """A one-node swarm whose plugin keeps its claims in a state file (``file://``, no Redis).
+    """A one-node swarm whose plugin keeps its claims in a state file (``file://``, no Redis); one per module.
 
     The state file is read with ``FileStore(path, read_only=True)`` while the plugin runs.
     """
     version = engine_release.version
-    directory = swarm_dir / version / "single"
+    directory = swarm_dir / version / f"single-{request.module.__name__.rsplit('.', 1)[-1]}"
     state = directory / "state"
     state.mkdir(parents=True)
 
@@ -391,14 +486,18 @@ def file_swarm(
     tag = f"{PREFIX}-{_tag(engine_release)}-f"
     node = Node("s1", directory / "s1", prefix=tag, release=engine_release)
     cluster = Cluster([node], read_map=read_map, lab=Lab(f"{tag}-lan"))
+    registry = _lab_registry(plugin_registry, directory / "registry", tag)
     try:
         with timed(f"{version}: one-node file:// swarm: engine, plugin, image, swarm"):
-            _bring_up(cluster, plugin_build, swarm_image, store=FILE_STORE, state=lambda _: state)
+            _bring_up(cluster, registry, swarm_image, store=FILE_STORE, state=lambda _: state)
             cluster.init(node)
             cluster.wait_ready(node, ["s1"])
         yield cluster
     finally:
-        cluster.destroy()
+        try:
+            cluster.destroy()
+        finally:
+            registry.stop()
 
 
 @pytest.fixture

@@ -4,12 +4,11 @@
   first so that it is ``198.18.0.1:5000`` on every LAN; its storage is a directory of the
   tier's, so what was pushed once through one registry is served by the next.
 * ``push_plugin``: ``scripts/build-plugin.sh --push`` on a builder engine on the registry's
-  LAN, once per session; ``Registry.tag`` then names the same plugin by the tier's second tag
-  (an engine will not create a second plugin of the same content to push it again).
+  LAN, once per session; ``push_changed_tag`` then pushes a second release for the upgrade test.
 * ``trust``: an engine's daemon.json lets it speak plain HTTP to the lab's registries
   (``insecure-registries``); call it before the engine starts.
 * ``install``: ``docker plugin install --grant-all-permissions --alias mini REF SETTINGS...``,
-  the way a node gets the plugin from a registry.
+  the way a node gets the plugin from a registry (``--disable``, then enabled: see there).
 """
 
 from __future__ import annotations
@@ -31,7 +30,6 @@ HOST = f"{Lab.SUBNET[1]}:{PORT}"
 """The registry is the first port of every LAN it serves, so its address is the same on all of them."""
 TAGS = ("1", "2")
 """The tags of the session's plugin: the nodes install the first; the upgrade test moves to the second."""
-MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 
 
 def reference(tag: str) -> str:
@@ -95,18 +93,6 @@ class Registry:
             capture_output=True, text=True, timeout=30,
         )  # fmt: skip
 
-    def tag(self, source: str, target: str) -> None:
-        """Give the plugin tagged ``source`` the tag ``target`` too: its manifest, put again under the new tag."""
-        script = "\n".join([
-            "from urllib.request import Request, urlopen",
-            f"url = 'http://{HOST}/v2/{REPOSITORY}/manifests/'",
-            f"got = urlopen(Request(url + {source!r}, headers={{'Accept': {MANIFEST!r}}}))",
-            "body, kind = got.read(), got.headers['Content-Type']",
-            f"urlopen(Request(url + {target!r}, data=body, method='PUT', headers={{'Content-Type': kind}})).read()",
-        ])  # fmt: skip
-        result = self._inside(script)
-        assert result.returncode == 0, f"tagging {source} as {target} failed:\n{result.stderr}\n{self.log_tail()}"
-
     def log_tail(self, lines: int = 20) -> str:
         """The end of the registry's log."""
         text = self.log.read_text(errors="replace") if self.log.exists() else ""
@@ -145,9 +131,33 @@ def push_plugin(builder: Engine, base_image: str, script: Path) -> dict[str, flo
 
 
 def install(engine: Engine, alias: str, ref: str, settings: dict[str, str], timeout: float = 300) -> None:
-    """``docker plugin install`` ``ref`` as ``alias`` with ``settings`` on the line, enabled."""
+    """``docker plugin install --disable`` ``ref`` as ``alias``, ``settings`` on the line; ``enable`` it after.
+
+    ``--disable``: the nodes of a swarm pull at once, and an engine gives a starting plugin
+    about 12 s to listen on its socket (its own limit, not a setting); a node that enables
+    while another one unpacks 170 MB missed it here. ``enable_all`` enables them afterwards.
+    """
     engine.docker(
-        "plugin", "install", "--grant-all-permissions", "--alias", alias, ref,
+        "plugin", "install", "--grant-all-permissions", "--disable", "--alias", alias, ref,
         *(f"{key}={value}" for key, value in settings.items()),
         check=True, timeout=timeout,
     )  # fmt: skip
+
+
+def push_changed_tag(builder: Engine, source: str, tag: str, config: Path, directory: Path) -> None:
+    """Push ``reference(tag)``: the plugin ``source`` on ``builder``, with one file more in its root filesystem.
+
+    A new release of the plugin for the upgrade test, without a second build: the same
+    rootfs plus ``/etc/mini-ipam-release`` naming the tag, so its layer is a new one (an
+    engine asked to create a plugin of identical content refuses, and one that upgrades to
+    a layer it already has unpacks nothing).
+    """
+    plugin_id = builder.docker("plugin", "inspect", "--format", "{{.Id}}", source, check=True).stdout.strip()
+    rootfs = builder.directory / "root" / "plugins" / plugin_id / "rootfs"
+    assert rootfs.is_dir(), f"plugin {source} is not where the engine keeps plugins ({rootfs})"
+    (directory / "rootfs").parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["cp", "-a", "--reflink=auto", str(rootfs), str(directory / "rootfs")], check=True, timeout=300)
+    (directory / "rootfs" / "etc" / "mini-ipam-release").write_text(f"{tag}\n")
+    (directory / "config.json").write_text(config.read_text())
+    builder.docker("plugin", "create", reference(tag), str(directory), check=True, timeout=300)
+    builder.docker("plugin", "push", reference(tag), check=True, timeout=300)
