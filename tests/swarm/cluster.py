@@ -68,7 +68,7 @@ STATE_MOUNT = Path("/var/lib/mini-ipam")
 
 _REQUEST = re.compile(
     r'msg="\S+ \S+ (?P<level>[A-Z]+) mini_ipam\.requests: (?P<method>\w+) pool=(?P<pool>\S+) (?P<outcome>.*?)'
-    r' [\d.]+ms" plugin=(?P<plugin>[0-9a-f]{64})$'
+    r'(?: \[asked (?P<asked>[^\]]*)\])? [\d.]+ms" plugin=(?P<plugin>[0-9a-f]{64})$'
 )
 _PLUGIN_PROBLEM = re.compile(r'msg="\S+ \S+ (WARNING|ERROR|CRITICAL) .*" plugin=[0-9a-f]{64}$')
 _ENGINE_PROBLEM = re.compile(r"\blevel=(error|warning|fatal)\b")
