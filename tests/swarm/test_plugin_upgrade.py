@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import pytest
 
-from mini_ipam.testing import wait_until
-from mini_ipam.unix_http import UnixHTTPError, get_json
 from tests.swarm.cluster import PLUGIN, AddressMap, Cluster, Node, settle
 from tests.swarm.registry import TAGS, reference
 
@@ -61,20 +59,7 @@ def _claims(snapshot: AddressMap) -> tuple[object, ...]:
     return tuple(blocks), tuple(pools)
 
 
-def _healthy(node: Node) -> bool:
-    """Whether the node's plugin answers ``GET /healthz`` with 200 (its socket is in the engine's plugin directory)."""
-    for socket in node.engine.plugins.glob("*/mini.sock"):
-        try:
-            return get_json(str(socket), "/healthz", timeout=5)[0] == 200
-        except UnixHTTPError:
-            return False
-    return False
-
-
 def _upgrade_keeps_claims_and_networks(cluster: Cluster, node: Node, via: Node) -> None:
-    # A plugin on a new shared map hands out no subnet until the map has settled: /healthz says when.
-    for member in cluster.nodes:
-        wait_until(lambda m=member: _healthy(m), timeout=60, interval=0.5, what=f"{member.name}'s plugin to be healthy")
     overlay = cluster.overlay_served_everywhere(via, "ov-up", "up", 28)
     attached = node.run_container("up-attached", "ov-up")
     bridge = node.create_bridge("br-up", "--ipam-opt", "size=29")
