@@ -455,24 +455,23 @@ def three_managers(three_manager_swarm: Cluster) -> Iterator[Cluster]:
     _empty_after_test(three_manager_swarm)
 
 
+_singles = itertools.count(1)
+
 FILE_STORE = f"file://{STATE_MOUNT}/state.json"
 """The one-node plugin's store: a state file in its ``state`` mount (the config.json default)."""
 
 
 @pytest.fixture(scope="module")
 def file_swarm(
-    request: pytest.FixtureRequest,
-    swarm_dir: Path,
-    plugin_registry: Path,
-    swarm_image: BusyboxImage,
-    engine_release: Release,
+    swarm_dir: Path, plugin_registry: Path, swarm_image: BusyboxImage, engine_release: Release
 ) -> Iterator[Cluster]:
     """A one-node swarm whose plugin keeps its claims in a state file (``file://``, no Redis); one per module.
 
     The state file is read with ``FileStore(path, read_only=True)`` while the plugin runs.
     """
     version = engine_release.version
-    directory = swarm_dir / version / f"single-{request.module.__name__.rsplit('.', 1)[-1]}"
+    # One per module, and short: containerd's sockets under it must stay within 104 characters.
+    directory = swarm_dir / version / f"single{next(_singles)}"
     state = directory / "state"
     state.mkdir(parents=True)
 
