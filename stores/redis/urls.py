@@ -115,16 +115,11 @@ def split_url(url: str) -> tuple[str, str, Durability]:
     parts = urlsplit(url)
     try:
         parts.port  # noqa: B018 - parsing the port is the check
-        query = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
     except ValueError as exc:
         raise ConfigurationError(f"malformed store URL {shown!r}: {exc}") from None
+    options = _query_options(parts.query, shown)
     if parts.fragment:
         raise ConfigurationError(f"store URL {shown!r} must not have a #fragment")
-    options: dict[str, str] = {}
-    for name, value in query:
-        if name in options:
-            raise ConfigurationError(f"option {name!r} is given twice in {shown!r}")
-        options[name] = value
     prefix = options.pop("prefix", DEFAULT_PREFIX)
     check_prefix(prefix)
     durability = _durability(options, shown)
@@ -239,15 +234,7 @@ def split_seeds_url(url: str) -> tuple[Seeds, str, Durability]:
     kind = "sentinel" if parts.scheme in SENTINEL_SCHEMES else "cluster"
     if parts.fragment:
         raise ConfigurationError(f"store URL {shown!r} must not have a #fragment")
-    try:
-        query = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
-    except ValueError as exc:
-        raise ConfigurationError(f"malformed store URL {shown!r}: {exc}") from None
-    options: dict[str, str] = {}
-    for name, value in query:
-        if name in options:
-            raise ConfigurationError(f"option {name!r} is given twice in {shown!r}")
-        options[name] = value
+    options = _query_options(parts.query, shown)
     prefix = options.pop("prefix", DEFAULT_PREFIX)
     check_prefix(prefix)
     durability = _durability(options, shown)
@@ -328,3 +315,17 @@ def _hosts(location: str, default_port: int, shown: str) -> tuple[tuple[str, int
             raise ConfigurationError(f"{host}:{address[1]} is named twice in {shown!r}")
         found.append(address)
     return tuple(found)
+
+
+def _query_options(query: str, shown: str) -> dict[str, str]:
+    """A store URL's query as options, each given at most once (``shown``: the URL as errors quote it)."""
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
+    except ValueError as exc:
+        raise ConfigurationError(f"malformed store URL {shown!r}: {exc}") from None
+    options: dict[str, str] = {}
+    for name, value in pairs:
+        if name in options:
+            raise ConfigurationError(f"option {name!r} is given twice in {shown!r}")
+        options[name] = value
+    return options
