@@ -54,14 +54,7 @@ SIZES = (24, 25, 26, 27, 28, 28, 29, 29)
 """Pool sizes a network asks for, drawn uniformly: small networks are the common case."""
 MAX_NETWORKS = 6
 MAX_CONTAINERS = 24
-KINDS = (
-    "RequestPool",
-    "RequestAddress (gateway)",
-    "RequestAddress",
-    "ReleaseAddress",
-    "ReleaseAddress (gateway)",
-    "ReleasePool",
-)
+KINDS = accounts.REQUEST_KINDS
 PLOT = BENCH / "fleet.png"
 FAILED: Any = object()
 """What ``Host.timed`` returns for a call that was refused or failed (a release returns None)."""

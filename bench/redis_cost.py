@@ -46,14 +46,7 @@ HOST = "bench"
 SIZE = 28
 USEC_TARGET = 30.0
 BYTES_TARGET = 600.0
-KINDS = (
-    "RequestPool",
-    "RequestAddress (gateway)",
-    "RequestAddress",
-    "ReleaseAddress",
-    "ReleaseAddress (gateway)",
-    "ReleasePool",
-)
+KINDS = accounts.REQUEST_KINDS
 FLOOR = "trivial script"
 
 

@@ -20,6 +20,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+REQUEST_KINDS = (
+    "RequestPool",
+    "RequestAddress (gateway)",
+    "RequestAddress",
+    "ReleaseAddress",
+    "ReleaseAddress (gateway)",
+    "ReleasePool",
+)
+"""The requests a network's life sends, in Docker's order, as the fleet-scale benchmarks report them."""
 SCRIPT_COMMANDS = frozenset({"eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro"})
 """Commands that run server-side code: a store call's whole Redis time is in their ``usec``."""
 

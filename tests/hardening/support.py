@@ -1,11 +1,14 @@
-"""Helpers shared by the hardening tests: store snapshots, map checks, raw HTTP, a durable Redis."""
+"""Helpers shared by the hardening tests: store snapshots, map checks, raw HTTP, a durable Redis, and the
+holdings of a campaign's clients, which find every duplicate grant."""
 
 from __future__ import annotations
 
 import ipaddress
 import re
 import socket
+import threading
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -223,3 +226,56 @@ def check_redis_keys(client: Any, prefix: str) -> dict[tuple[str, str], set[str]
         expected = {_bits(ipaddress.ip_network(c)) for c in slots if ipaddress.ip_network(c).max_prefixlen == width}
         assert claimed == expected, f"tree:{family} claims {claimed ^ expected} differently from the slot keys"
     return held
+
+
+@dataclass
+class Holdings:
+    """What a campaign's clients were granted and still hold, and every duplicate grant.
+
+    Every method is called with ``lock`` held. A pool whose release was sent is *uncertain*
+    until the release answers 200 (the release may land any time): it is no longer held for
+    sure, so a grant of it again is no duplicate.
+    """
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    pools: dict[str, set[str]] = field(default_factory=dict)  # PoolID -> addresses held
+    uncertain: set[str] = field(default_factory=set)  # pools whose release got no clear answer
+    duplicates: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # held, but not in the map once the drivers rebuilt it
+    round: str = "warm-up"  # the fault whose round this is, for the duplicates' report
+
+    def held_subnets(self) -> list[Network]:
+        """The subnets held for sure."""
+        return [ipaddress.ip_network(p.split("/", 1)[1]) for p in self.pools if p not in self.uncertain]
+
+    def certain(self) -> dict[str, set[str]]:
+        """A copy of the pools held for sure, with their addresses."""
+        return {pool_id: set(held) for pool_id, held in self.pools.items() if pool_id not in self.uncertain}
+
+    def releasing(self, pool_id: str) -> None:
+        """A ReleasePool of ``pool_id`` is about to be sent."""
+        self.uncertain.add(pool_id)
+
+    def released(self, pool_id: str, status: int) -> None:
+        """The ReleasePool of ``pool_id`` answered ``status``."""
+        if status == 200:
+            self.pools.pop(pool_id, None)
+            self.uncertain.discard(pool_id)  # released: nobody holds it
+
+    def pool_granted(self, pool_id: str, pool: str) -> None:
+        """A RequestPool was granted ``pool`` as ``pool_id``: a duplicate if it overlaps a subnet held."""
+        subnet = ipaddress.ip_network(pool)
+        clash = [str(s) for s in self.held_subnets() if s.overlaps(subnet)]
+        if clash:
+            self.duplicates.append(f"{self.round}: {subnet} handed out while {clash} are held")
+        self.uncertain.discard(pool_id)  # an uncertain release did land, then
+        self.pools[pool_id] = set()
+
+    def address_granted(self, pool_id: str, address: str) -> None:
+        """A RequestAddress in ``pool_id`` was granted ``address`` (CIDR): a duplicate if it is held."""
+        if pool_id in self.uncertain:
+            return
+        address = address.split("/")[0]
+        if address in self.pools.setdefault(pool_id, set()):
+            self.duplicates.append(f"{self.round}: address {address} of {pool_id} handed out twice")
+        self.pools[pool_id].add(address)

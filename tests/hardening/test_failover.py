@@ -44,6 +44,7 @@ from mini_ipam import protocol
 from mini_ipam.unix_http import get_json
 from stores import from_url
 from tests.driver_process import DriverProcess, call
+from tests.hardening.support import Holdings
 from tests.redis_deployments import SERVICE, ClusterSetup, SentinelSetup
 from tests.servers import REDIS, VALKEY, ServerFamily, wait_until
 
@@ -72,24 +73,15 @@ RAW = ("MOVED", "ASK ", "Traceback", "CLUSTERDOWN", "READONLY", "does not serve 
 
 
 @dataclass
-class Ledger:
-    """What the clients were granted and still hold, every duplicate, and how the requests went."""
+class Ledger(Holdings):
+    """The clients' holdings, with how the requests went."""
 
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    pools: dict[str, set[str]] = field(default_factory=dict)  # PoolID -> addresses held
-    uncertain: set[str] = field(default_factory=set)  # pools whose release got no clear answer
-    duplicates: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
     raw_errors: list[str] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)  # the start of each refusal's text
     requests: int = 0
     refused: int = 0
     slowest_error: float = 0.0
     granted_at: dict[int, float] = field(default_factory=dict)  # driver -> time.monotonic() of its last RequestPool
-    round: str = "warm-up"
-
-    def held_subnets(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-        return [ipaddress.ip_network(p.split("/", 1)[1]) for p in self.pools if p not in self.uncertain]
 
     def record(self, status: int, reply: dict[str, object], took: float) -> None:
         self.requests += 1
@@ -112,36 +104,26 @@ def client(number: int, driver: DriverProcess, ledger: Ledger, seed: int, stop: 
         started = time.monotonic()
         if mine and (choice < 0.1 or len(mine) > HELD_AT_MOST):
             pool_id = mine.pop(rng.randrange(len(mine)))
-            with ledger.lock:  # from the moment it is sent the release may land: no longer held for sure
-                ledger.uncertain.add(pool_id)
+            with ledger.lock:
+                ledger.releasing(pool_id)
             status, reply = call(driver.socket_path, "IpamDriver.ReleasePool", protocol.release_pool(pool_id), 30)
             with ledger.lock:
                 ledger.record(status, reply, time.monotonic() - started)
-                if status == 200:
-                    ledger.pools.pop(pool_id, None)
-                    ledger.uncertain.discard(pool_id)
+                ledger.released(pool_id, status)
         elif mine and choice < 0.5:
             pool_id = rng.choice(mine)
             status, reply = call(driver.socket_path, "IpamDriver.RequestAddress", protocol.request_address(pool_id), 30)
             with ledger.lock:
                 ledger.record(status, reply, time.monotonic() - started)
-                if status == 200 and pool_id not in ledger.uncertain:
-                    address = str(reply["Address"]).split("/")[0]
-                    if address in ledger.pools.setdefault(pool_id, set()):
-                        ledger.duplicates.append(f"{ledger.round}: address {address} of {pool_id} handed out twice")
-                    ledger.pools[pool_id].add(address)
+                if status == 200:
+                    ledger.address_granted(pool_id, str(reply["Address"]))
         else:
             body = protocol.request_pool(options={"size": str(rng.randint(27, 29))})
             status, reply = call(driver.socket_path, "IpamDriver.RequestPool", body, 30)
             with ledger.lock:
                 ledger.record(status, reply, time.monotonic() - started)
                 if status == 200:
-                    subnet = ipaddress.ip_network(str(reply["Pool"]))
-                    clash = [str(s) for s in ledger.held_subnets() if s.overlaps(subnet)]
-                    if clash:
-                        ledger.duplicates.append(f"{ledger.round}: {subnet} handed out while {clash} are held")
-                    ledger.uncertain.discard(str(reply["PoolID"]))
-                    ledger.pools[str(reply["PoolID"])] = set()
+                    ledger.pool_granted(str(reply["PoolID"]), str(reply["Pool"]))
                     mine.append(str(reply["PoolID"]))
                     ledger.granted_at[number] = time.monotonic()
         time.sleep(rng.uniform(0.002, 0.02))
@@ -187,7 +169,7 @@ def map_lacks(url: str, ledger: Ledger) -> list[str]:
     try:
         in_map = {str(pool.subnet): pool for pool in store.pools()}
         with ledger.lock:
-            held = {p: set(a) for p, a in ledger.pools.items() if p not in ledger.uncertain}
+            held = ledger.certain()
         missing: list[str] = []
         for pool_id, addresses in held.items():
             pool = in_map.get(pool_id.split("/", 1)[1])

@@ -41,6 +41,7 @@ from mini_ipam.testing import RedisProcess
 from mini_ipam.unix_http import get_json
 from stores import from_url
 from tests.driver_process import DriverProcess, call
+from tests.hardening.support import Holdings
 from tests.servers import require_binary, wait_until
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
@@ -108,20 +109,11 @@ class Address:
 
 
 @dataclass
-class Ledger:
-    """What the clients were granted and still hold, and every duplicate grant."""
+class Ledger(Holdings):
+    """The clients' holdings, with the requests' statuses and when each round's first subnet came."""
 
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    pools: dict[str, set[str]] = field(default_factory=dict)  # PoolID -> addresses held
-    uncertain: set[str] = field(default_factory=set)  # pools whose release got no clear answer
-    duplicates: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)  # held, but not in the map once the drivers rebuilt it
     statuses: Counter[tuple[str, int]] = field(default_factory=Counter)
     first_grant_after: dict[str, float] = field(default_factory=dict)  # round -> first RequestPool granted
-    round: str = "warm-up"  # the fault whose round this is, for the duplicates' report
-
-    def held_subnets(self) -> list[ipaddress.IPv4Network]:
-        return [ipaddress.ip_network(p.split("/", 1)[1]) for p in self.pools if p not in self.uncertain]  # type: ignore[misc]
 
 
 def client(
@@ -133,36 +125,26 @@ def client(
         choice = rng.random()
         if mine and (choice < 0.12 or len(mine) >= HELD_AT_MOST):
             pool_id = mine.pop(rng.randrange(len(mine)))
-            with ledger.lock:  # from the moment it is sent, the release may land: no longer held for sure
-                ledger.uncertain.add(pool_id)
+            with ledger.lock:
+                ledger.releasing(pool_id)
             status, _ = call(driver.socket_path, "IpamDriver.ReleasePool", protocol.release_pool(pool_id), 20)
             with ledger.lock:
                 ledger.statuses[("ReleasePool", status)] += 1
-                if status == 200:
-                    ledger.pools.pop(pool_id, None)
-                    ledger.uncertain.discard(pool_id)  # released: nobody holds it
+                ledger.released(pool_id, status)
         elif mine and choice < 0.55:
             pool_id = rng.choice(mine)
             status, reply = call(driver.socket_path, "IpamDriver.RequestAddress", protocol.request_address(pool_id), 20)
             with ledger.lock:
                 ledger.statuses[("RequestAddress", status)] += 1
-                if status == 200 and pool_id not in ledger.uncertain:
-                    address = reply["Address"].split("/")[0]
-                    if address in ledger.pools.setdefault(pool_id, set()):
-                        ledger.duplicates.append(f"{ledger.round}: address {address} of {pool_id} handed out twice")
-                    ledger.pools[pool_id].add(address)
+                if status == 200:
+                    ledger.address_granted(pool_id, reply["Address"])
         else:
             body = protocol.request_pool(options={"size": str(rng.randint(27, 29))})
             status, reply = call(driver.socket_path, "IpamDriver.RequestPool", body, 20)
             with ledger.lock:
                 ledger.statuses[("RequestPool", status)] += 1
                 if status == 200:
-                    subnet = ipaddress.ip_network(reply["Pool"])
-                    clash = [str(s) for s in ledger.held_subnets() if s.overlaps(subnet)]
-                    if clash:
-                        ledger.duplicates.append(f"{ledger.round}: {subnet} handed out while {clash} are held")
-                    ledger.uncertain.discard(reply["PoolID"])  # an uncertain release did land, then
-                    ledger.pools[reply["PoolID"]] = set()
+                    ledger.pool_granted(reply["PoolID"], reply["Pool"])
                     mine.append(reply["PoolID"])
                     for name, moment in marks.items():
                         ledger.first_grant_after.setdefault(name, time.monotonic() - moment)
@@ -196,7 +178,7 @@ def map_holds_everything(url: str, ledger: Ledger) -> list[str]:
         in_map = {str(pool.subnet): pool for pool in store.pools()}
         missing: list[str] = []
         with ledger.lock:
-            held = {p: set(a) for p, a in ledger.pools.items() if p not in ledger.uncertain}
+            held = ledger.certain()
         for pool_id, addresses in held.items():
             pool = in_map.get(pool_id.split("/", 1)[1])
             if pool is None:
